@@ -1,0 +1,161 @@
+"""Pieces shared by every estimator: argument checks, Gaussian closed forms and pairwise statistics.
+
+Everything here is pure torch and works on explicit batch shapes: ``logits [..., K]``, ``means [..., K, D]``,
+``stds [..., K, D]`` (diagonal covariances).
+"""
+
+import math
+from typing import NamedTuple
+
+import torch as th
+
+LOG_2PI = math.log(2.0 * math.pi)
+LOG_2PI_E = math.log(2.0 * math.pi * math.e)
+
+
+class MixtureParams(NamedTuple):
+    """The parameters every estimator receives, in the form they all need.
+
+    :param log_weights: normalised log mixture weights ``[..., K]``
+    :param means: component means ``[..., K, D]``
+    :param stds: component standard deviations ``[..., K, D]``
+    :param log_stds: ``stds.log()``, computed once because nearly every estimator needs it
+    """
+
+    log_weights: th.Tensor
+    means: th.Tensor
+    stds: th.Tensor
+    log_stds: th.Tensor
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[-2]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[-1]
+
+
+def check_mixture_args(logits: th.Tensor, means: th.Tensor, stds: th.Tensor) -> None:
+    """Raise a ValueError naming the argument when the mixture parameters are malformed.
+
+    :param logits: unnormalised log weights ``[..., K]``
+    :param means: component means ``[..., K, D]``
+    :param stds: component standard deviations ``[..., K, D]``
+    """
+    for name, value in (("logits", logits), ("means", means), ("stds", stds)):
+        if not isinstance(value, th.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if not value.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got dtype {value.dtype}; call .float() first")
+    if logits.dim() < 1:
+        raise ValueError(f"logits must have shape [..., K], got a scalar (shape {tuple(logits.shape)})")
+    if means.dim() < 2:
+        raise ValueError(f"means must have shape [..., K, D], got shape {tuple(means.shape)}")
+    if stds.shape != means.shape:
+        raise ValueError(
+            f"stds must have the same shape as means [..., K, D]: got stds {tuple(stds.shape)} and means "
+            f"{tuple(means.shape)}; expand a shared std with stds.expand_as(means)"
+        )
+    if logits.shape != means.shape[:-1]:
+        raise ValueError(
+            f"logits must have shape means.shape[:-1] = {tuple(means.shape[:-1])} (batch shape and K components), "
+            f"got {tuple(logits.shape)}"
+        )
+    if means.shape[-2] < 1 or means.shape[-1] < 1:
+        raise ValueError(f"means needs at least one component and one dimension, got shape {tuple(means.shape)}")
+    if not (logits.dtype == means.dtype == stds.dtype):
+        raise ValueError(
+            f"logits, means and stds must share one dtype, got {logits.dtype}, {means.dtype}, {stds.dtype}"
+        )
+    if not (logits.device == means.device == stds.device):
+        raise ValueError(f"logits, means and stds must be on one device, got {logits.device}, {means.device}, {stds.device}")
+    with th.no_grad():
+        if not th.isfinite(logits).all():
+            raise ValueError(
+                "logits contains NaN or inf; switch a component off with a large negative finite logit (e.g. -50)"
+            )
+        if not th.isfinite(means).all():
+            raise ValueError("means contains NaN or inf")
+        if not th.isfinite(stds).all():
+            raise ValueError("stds contains NaN or inf")
+        if not (stds > 0).all():
+            raise ValueError(
+                f"stds must be strictly positive, got a minimum of {stds.min().item():.3g}; "
+                "parameterise them as log_std.exp() or softplus(x) + min_std"
+            )
+
+
+def mixture_params(logits: th.Tensor, means: th.Tensor, stds: th.Tensor) -> MixtureParams:
+    """Normalise the weights and take the log of the stds once for all estimators."""
+    return MixtureParams(th.log_softmax(logits, dim=-1), means, stds, stds.log())
+
+
+def gaussian_entropies(log_stds: th.Tensor) -> th.Tensor:
+    """Entropy of each diagonal Gaussian component: ``0.5 D log(2 pi e) + sum_d log s_d``, shape ``[..., K]``."""
+    return 0.5 * log_stds.shape[-1] * LOG_2PI_E + log_stds.sum(-1)
+
+
+def component_log_normalisers(log_stds: th.Tensor) -> th.Tensor:
+    """``log N(mu_i; mu_i, S_i) = -0.5 D log(2 pi) - sum_d log s_d`` (the peak log density), shape ``[..., K]``."""
+    return -0.5 * log_stds.shape[-1] * LOG_2PI - log_stds.sum(-1)
+
+
+def weighted_sum(log_weights: th.Tensor, values: th.Tensor) -> th.Tensor:
+    """``sum_i w_i values_i`` over the component axis (the last one)."""
+    return (log_weights.exp() * values).sum(-1)
+
+
+def weight_entropy(log_weights: th.Tensor) -> th.Tensor:
+    """Entropy of the mixture weights ``H(w) = -sum_i w_i log w_i`` (0 log 0 = 0 holds numerically)."""
+    return -weighted_sum(log_weights, log_weights)
+
+
+def pairwise_differences(means: th.Tensor) -> th.Tensor:
+    """``mu_i - mu_j`` for every ordered pair, shape ``[..., K, K, D]`` (index i then j)."""
+    return means.unsqueeze(-2) - means.unsqueeze(-3)
+
+
+def log_pairwise_overlaps(params: MixtureParams) -> th.Tensor:
+    """``log N(mu_i; mu_j, S_i + S_j)`` for every pair, shape ``[..., K, K]`` (the Gaussian product integral)."""
+    variances = params.stds.square()
+    summed_variances = variances.unsqueeze(-2) + variances.unsqueeze(-3)
+    squared = pairwise_differences(params.means).square() / summed_variances
+    return -0.5 * (params.dim * LOG_2PI + summed_variances.log().sum(-1) + squared.sum(-1))
+
+
+def pairwise_kl(params: MixtureParams) -> th.Tensor:
+    """``KL(N_i || N_j)`` for every pair, shape ``[..., K, K]``."""
+    log_var_ratio = 2.0 * (params.log_stds.unsqueeze(-3) - params.log_stds.unsqueeze(-2))  # log s_j^2 / s_i^2
+    variance_ratio = th.exp(-log_var_ratio)  # s_i^2 / s_j^2
+    scaled_diff = pairwise_differences(params.means) / params.stds.unsqueeze(-3)
+    return 0.5 * (variance_ratio + scaled_diff.square() - 1.0 + log_var_ratio).sum(-1)
+
+
+def pairwise_chernoff(params: MixtureParams, alpha: float) -> th.Tensor:
+    """Chernoff alpha-divergence ``C_a(N_i || N_j)`` for every pair, shape ``[..., K, K]``.
+
+    ``S_a = (1 - a) S_i + a S_j``; the determinant exponents follow the same convention (``|S_i|^(1-a) |S_j|^a``).
+    """
+    variances = params.stds.square()
+    var_i, var_j = variances.unsqueeze(-2), variances.unsqueeze(-3)
+    mixed = (1.0 - alpha) * var_i + alpha * var_j
+    squared = pairwise_differences(params.means).square() / mixed
+    log_det_term = mixed.log() - 2.0 * ((1.0 - alpha) * params.log_stds.unsqueeze(-2) + alpha * params.log_stds.unsqueeze(-3))
+    return (0.5 * alpha * (1.0 - alpha) * squared + 0.5 * log_det_term).sum(-1)
+
+
+def pairwise_estimate(params: MixtureParams, log_kernel: th.Tensor) -> th.Tensor:
+    """Kolchinsky & Tracey's pairwise family: ``sum_i w_i H_i - sum_i w_i logsumexp_j(log w_j + log_kernel_ij)``.
+
+    :param log_kernel: ``-Dist(p_i || p_j)`` for every pair, shape ``[..., K, K]``
+    """
+    inner = th.logsumexp(params.log_weights.unsqueeze(-2) + log_kernel, dim=-1)
+    return weighted_sum(params.log_weights, gaussian_entropies(params.log_stds) - inner)
+
+
+def mixture_log_prob(x: th.Tensor, log_weights: th.Tensor, means: th.Tensor, stds: th.Tensor) -> th.Tensor:
+    """Exact log density of a diagonal GMM: ``x [..., D]`` against parameters with batch shape ``[...]``."""
+    scaled = (x.unsqueeze(-2) - means) / stds
+    component_log_probs = -0.5 * scaled.square().sum(-1) - stds.log().sum(-1) - 0.5 * means.shape[-1] * LOG_2PI
+    return th.logsumexp(log_weights + component_log_probs, dim=-1)
