@@ -39,8 +39,13 @@ def route_policy(side: float):
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_registered_envs_pass_gymnasium_checker(env_id: str) -> None:
-    env = gym.make(env_id)
-    check_env(env.unwrapped, skip_render_check=True)
+    env = gym.make(env_id, render_mode="rgb_array")
+    check_env(env.unwrapped)
+    env.reset(seed=0)
+    env.step(env.action_space.sample())
+    image = env.render()
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) >= 3  # background plus drawn elements
     assert env.action_space.shape[0] >= 1
     np.testing.assert_array_equal(env.action_space.low, -1.0)
     np.testing.assert_array_equal(env.action_space.high, 1.0)

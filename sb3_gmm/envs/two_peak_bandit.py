@@ -35,9 +35,10 @@ class TwoPeakBanditEnv(gym.Env):
     :param peak_width: standard deviation ``s`` of each reward bump
     :param valley_width: half-width ``w`` of the penalised valley around 0 (must be below ``peak_position``)
     :param valley_depth: penalty at ``a_d = 0``
+    :param render_mode: None or ``"rgb_array"`` (the reward curve with the last action's first coordinate)
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(
         self,
@@ -47,8 +48,12 @@ class TwoPeakBanditEnv(gym.Env):
         peak_width: float = 0.15,
         valley_width: float = 0.3,
         valley_depth: float = 0.5,
+        render_mode: Optional[str] = None,
     ) -> None:
         super().__init__()
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
         if int(action_dim) != action_dim or action_dim < 1:
             raise ValueError(f"action_dim must be a positive integer, got {action_dim!r}")
         if int(episode_length) != episode_length or episode_length < 1:
@@ -73,6 +78,7 @@ class TwoPeakBanditEnv(gym.Env):
         self.action_space = spaces.Box(-1.0, 1.0, shape=(self.action_dim,), dtype=np.float32)
         self.observation_space = spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32)
         self._steps_taken = 0
+        self._last_action: Optional[np.ndarray] = None
 
     @property
     def optimal_return(self) -> float:
@@ -105,11 +111,29 @@ class TwoPeakBanditEnv(gym.Env):
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict[str, Any]] = None):
         super().reset(seed=seed)
         self._steps_taken = 0
+        self._last_action = None
         return self._observation(), {}
 
     def step(self, action: np.ndarray):
         action = np.asarray(action, dtype=np.float64).reshape(self.action_dim)
         reward = float(self.reward_of(action))
+        self._last_action = np.clip(action, -1.0, 1.0)
         self._steps_taken += 1
         terminated = self._steps_taken >= self.episode_length
         return self._observation(), reward, terminated, False, {}
+
+    def render(self) -> Optional[np.ndarray]:
+        """An ``[96, 160, 3]`` image: the one-dimensional reward curve (black) and the last action (red)."""
+        if self.render_mode is None:
+            return None
+        height, width = 96, 160
+        image = np.full((height, width, 3), 255, dtype=np.uint8)
+        actions = np.linspace(-1.0, 1.0, width)
+        rewards = TwoPeakBanditEnv.reward_of(self, actions[:, None])
+        low = min(-self.valley_depth, 0.0)
+        rows = np.round((1.0 - (rewards - low) / (1.0 - low)) * (height - 1)).astype(int)
+        image[rows, np.arange(width)] = 0
+        if self._last_action is not None:
+            column = int(round((float(self._last_action[0]) + 1.0) / 2.0 * (width - 1)))
+            image[:, column] = (220, 30, 30)
+        return image

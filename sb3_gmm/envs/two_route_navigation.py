@@ -37,9 +37,10 @@ class TwoRouteNavigationEnv(gym.Env):
     :param start_noise: half-range of the uniform vertical offset of the start
     :param collision_penalty: cost of each refused move into the obstacle
     :param goal_bonus: reward on reaching the goal
+    :param render_mode: None or ``"rgb_array"`` (top view of the arena)
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     start_x = -0.7
     goal_position = (0.7, 0.0)
@@ -53,8 +54,12 @@ class TwoRouteNavigationEnv(gym.Env):
         start_noise: float = 0.05,
         collision_penalty: float = 0.1,
         goal_bonus: float = 1.0,
+        render_mode: Optional[str] = None,
     ) -> None:
         super().__init__()
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
         if int(max_steps) != max_steps or max_steps < 1:
             raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
         if not 0.0 < max_speed <= 2.0 * goal_radius:
@@ -138,3 +143,16 @@ class TwoRouteNavigationEnv(gym.Env):
         truncated = not terminated and self._steps_taken >= self.max_steps
         info = {"collided": collided, "reached_goal": terminated}
         return self._observation(), float(reward), terminated, truncated, info
+
+    def render(self) -> Optional[np.ndarray]:
+        """A ``[128, 128, 3]`` top view: obstacle (grey), goal (green), agent (blue); y points up."""
+        if self.render_mode is None:
+            return None
+        size = 128
+        coordinates = (np.arange(size) + 0.5) / size * 2.0 - 1.0
+        x, y = np.meshgrid(coordinates, coordinates[::-1])
+        image = np.full((size, size, 3), 255, dtype=np.uint8)
+        image[x**2 + y**2 < self.obstacle_radius**2] = (120, 120, 120)
+        image[(x - self._goal[0]) ** 2 + (y - self._goal[1]) ** 2 < self.goal_radius**2] = (40, 170, 60)
+        image[(x - self._position[0]) ** 2 + (y - self._position[1]) ** 2 < 0.04**2] = (30, 60, 220)
+        return image
