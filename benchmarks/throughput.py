@@ -1,0 +1,246 @@
+"""Training throughput of PPO with GMMActorCriticPolicy relative to PPO with SB3's MlpPolicy.
+
+The machine this runs on is shared and its speed drifts, so the two are measured ALTERNATELY in one process:
+every repeat round times ``MlpPolicy, GMM config 1, MlpPolicy, GMM config 2, ..., MlpPolicy``, and each GMM
+measurement is divided by the mean of the two MlpPolicy measurements around it. The reported ratio is the median
+over rounds (a ratio of 1 means no slowdown). Each measurement is one fresh PPO ``learn()`` of ``--steps`` steps on
+Pendulum-v1 with the zoo's PPO settings (n_envs 4, n_steps 1024, batch 64, n_epochs 10, gamma 0.9, lr 1e-3, no
+gSDE); model construction is not timed. Time spent in ``collect_rollouts`` (acting) and ``train`` (the PPO update,
+where the entropy estimate is computed) is recorded separately.
+
+A method that raises (e.g. refuses a K) is reported as refused; one whose first measurement is slower than
+``--too-slow`` times the baseline is reported as too slow and not repeated.
+
+Usage::
+
+    python benchmarks/throughput.py                       # the table in docs/performance.md (~15-25 min)
+    python benchmarks/throughput.py --components 4 --methods default --repeats 3   # the headline number only
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch as th  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+METHODS = (
+    "default",
+    "component_average",
+    "pairwise_bhattacharyya",
+    "pairwise_kl",
+    "huber_lower",
+    "huber_taylor",
+    "legendre",
+    "taylor",
+    "qmc",
+    "sigma_points",
+)
+PPO_SETTINGS: Dict[str, Any] = dict(
+    n_steps=1024, batch_size=64, n_epochs=10, gamma=0.9, gae_lambda=0.95, learning_rate=1e-3, clip_range=0.2
+)
+N_ENVS = 4
+TARGET_RATIO = 0.85
+
+
+def timed_learn(policy: Any, policy_kwargs: Dict[str, Any], steps: int, seed: int) -> Dict[str, float]:
+    """Frames per second of one fresh PPO ``learn()``, with its rollout / update split."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    env = make_vec_env("Pendulum-v1", n_envs=N_ENVS, seed=seed)
+    model = PPO(policy, env, policy_kwargs=policy_kwargs, seed=seed, verbose=0, **PPO_SETTINGS)
+    seconds = {"rollout": 0.0, "train": 0.0}
+    original_collect, original_train = model.collect_rollouts, model.train
+
+    def collect_rollouts(*args: Any, **kwargs: Any) -> bool:
+        start = time.perf_counter()
+        result = original_collect(*args, **kwargs)
+        seconds["rollout"] += time.perf_counter() - start
+        return result
+
+    def train() -> None:
+        start = time.perf_counter()
+        original_train()
+        seconds["train"] += time.perf_counter() - start
+
+    model.collect_rollouts, model.train = collect_rollouts, train
+    start = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    total = time.perf_counter() - start
+    env.close()
+    return {"fps": model.num_timesteps / total, "seconds": total, **seconds}
+
+
+def gmm_kwargs(n_components: int, method: str) -> Dict[str, Any]:
+    kwargs: Dict[str, Any] = {"n_components": n_components}
+    if method != "default":
+        kwargs["entropy_method"] = method
+    return kwargs
+
+
+def measure(
+    components: List[int], methods: List[str], repeats: int, steps: int, too_slow: float
+) -> Tuple[Dict[str, Any], List[Dict[str, float]]]:
+    """Alternating measurements; returns per-config records and the baseline measurements."""
+    from sb3_gmm import GMMActorCriticPolicy
+
+    configs = [(k, m) for k in components for m in methods]
+    records: Dict[str, Any] = {f"K{k}-{m}": {"K": k, "method": m, "pairs": [], "status": "ok"} for k, m in configs}
+    baselines: List[Dict[str, float]] = []
+    seed = 0
+    timed_learn("MlpPolicy", {}, min(steps, 2048), seed)  # warm-up: imports, allocator, caches
+    for round_index in range(repeats):
+        before = timed_learn("MlpPolicy", {}, steps, seed)
+        baselines.append(before)
+        for n_components, method in configs:
+            record = records[f"K{n_components}-{method}"]
+            if record["status"] != "ok":
+                continue
+            seed += 1
+            try:
+                gmm = timed_learn(GMMActorCriticPolicy, gmm_kwargs(n_components, method), steps, seed)
+            except Exception as error:  # a refused K (e.g. too many series terms) is a result, not a crash
+                record["status"] = f"refused: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
+                print(f"K={n_components} {method}: {record['status']}", flush=True)
+                continue
+            after = timed_learn("MlpPolicy", {}, steps, seed)
+            baselines.append(after)
+            baseline_fps = 0.5 * (before["fps"] + after["fps"])
+            ratio = gmm["fps"] / baseline_fps
+            record["pairs"].append({"gmm": gmm, "baseline_fps": baseline_fps, "ratio": ratio})
+            print(
+                f"round {round_index + 1}/{repeats} K={n_components} {method}: gmm {gmm['fps']:.0f} fps, "
+                f"mlp {baseline_fps:.0f} fps, ratio {ratio:.3f}",
+                flush=True,
+            )
+            if ratio < 1.0 / too_slow:
+                record["status"] = f"too slow (ratio {ratio:.3f} < 1/{too_slow:g}; not repeated)"
+            before = after
+    return records, baselines
+
+
+def summarise(records: Dict[str, Any], baselines: List[Dict[str, float]]) -> Dict[str, Any]:
+    rows = {}
+    for name, record in records.items():
+        ratios = [pair["ratio"] for pair in record["pairs"]]
+        row = {"K": record["K"], "method": record["method"], "status": record["status"], "n": len(ratios)}
+        if ratios:
+            row.update(
+                ratio_median=float(np.median(ratios)),
+                ratio_min=float(np.min(ratios)),
+                ratio_max=float(np.max(ratios)),
+                fps_median=float(np.median([pair["gmm"]["fps"] for pair in record["pairs"]])),
+                train_share=float(
+                    np.median([pair["gmm"]["train"] / pair["gmm"]["seconds"] for pair in record["pairs"]])
+                ),
+                train_seconds=float(np.median([pair["gmm"]["train"] for pair in record["pairs"]])),
+                rollout_seconds=float(np.median([pair["gmm"]["rollout"] for pair in record["pairs"]])),
+            )
+        rows[name] = row
+    baseline = {
+        "fps_median": float(np.median([b["fps"] for b in baselines])),
+        "train_seconds": float(np.median([b["train"] for b in baselines])),
+        "rollout_seconds": float(np.median([b["rollout"] for b in baselines])),
+        "train_share": float(np.median([b["train"] / b["seconds"] for b in baselines])),
+        "n": len(baselines),
+    }
+    return {"rows": rows, "baseline": baseline}
+
+
+def markdown(summary: Dict[str, Any], components: List[int], methods: List[str]) -> str:
+    """Ratio table (methods x K) and a rollout/update breakdown table."""
+    rows = summary["rows"]
+    header = "| method | " + " | ".join(f"K={k}" for k in components) + " |"
+    lines = [header, "|---|" + "---|" * len(components)]
+    for method in methods:
+        cells = []
+        for k in components:
+            row = rows[f"K{k}-{method}"]
+            if "ratio_median" not in row:
+                cells.append(row["status"].split(":")[0])
+                continue
+            cell = f"{row['ratio_median']:.2f} [{row['ratio_min']:.2f}-{row['ratio_max']:.2f}]"
+            if row["status"] != "ok":
+                cell += " (too slow, 1 run)"
+            cells.append(cell)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    baseline = summary["baseline"]
+    lines += [
+        "",
+        "| policy | fps (median) | rollout s | update s | update share |",
+        "|---|---|---|---|---|",
+        f"| MlpPolicy | {baseline['fps_median']:.0f} | {baseline['rollout_seconds']:.2f} | "
+        f"{baseline['train_seconds']:.2f} | {baseline['train_share']:.0%} |",
+    ]
+    for method in methods:
+        for k in components:
+            row = rows[f"K{k}-{method}"]
+            if "fps_median" in row and method in ("default", "component_average"):
+                lines.append(
+                    f"| GMM K={k} {method} | {row['fps_median']:.0f} | {row['rollout_seconds']:.2f} | "
+                    f"{row['train_seconds']:.2f} | {row['train_share']:.0%} |"
+                )
+    return "\n".join(lines)
+
+
+def machine_description() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import stable_baselines3
+
+    return (
+        f"{os.cpu_count()}-core CPU ({model}), torch {th.__version__} with {th.get_num_threads()} thread(s), "
+        f"stable-baselines3 {stable_baselines3.__version__}, Python {platform.python_version()}"
+    )
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--components", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=4096, help="steps per measurement (4096 = one PPO iteration)")
+    parser.add_argument("--too-slow", type=float, default=10.0, help="stop repeating a config this many times slower")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
+    args = parser.parse_args(argv)
+
+    th.set_num_threads(1)
+    from sb3_gmm.entropy import DEFAULT_METHOD
+
+    start = time.perf_counter()
+    records, baselines = measure(args.components, args.methods, args.repeats, args.steps, args.too_slow)
+    summary = summarise(records, baselines)
+    print()
+    print(f"default estimator: {DEFAULT_METHOD}")
+    print(markdown(summary, args.components, args.methods))
+    if "K4-default" in summary["rows"] and "ratio_median" in summary["rows"]["K4-default"]:
+        ratio = summary["rows"]["K4-default"]["ratio_median"]
+        verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
+        print(f"\nK=4 default: ratio {ratio:.2f}; target >= {TARGET_RATIO} {verdict}")
+    print(f"machine: {machine_description()}; wall time {(time.perf_counter() - start) / 60:.1f} min")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"records": records, "baselines": baselines, "summary": summary}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
