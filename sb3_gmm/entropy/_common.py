@@ -69,7 +69,9 @@ def check_mixture_args(logits: th.Tensor, means: th.Tensor, stds: th.Tensor) -> 
             f"logits, means and stds must share one dtype, got {logits.dtype}, {means.dtype}, {stds.dtype}"
         )
     if not (logits.device == means.device == stds.device):
-        raise ValueError(f"logits, means and stds must be on one device, got {logits.device}, {means.device}, {stds.device}")
+        raise ValueError(
+            f"logits, means and stds must be on one device, got {logits.device}, {means.device}, {stds.device}"
+        )
     with th.no_grad():
         if not th.isfinite(logits).all():
             raise ValueError(
@@ -141,7 +143,9 @@ def pairwise_chernoff(params: MixtureParams, alpha: float) -> th.Tensor:
     var_i, var_j = variances.unsqueeze(-2), variances.unsqueeze(-3)
     mixed = (1.0 - alpha) * var_i + alpha * var_j
     squared = pairwise_differences(params.means).square() / mixed
-    log_det_term = mixed.log() - 2.0 * ((1.0 - alpha) * params.log_stds.unsqueeze(-2) + alpha * params.log_stds.unsqueeze(-3))
+    log_det_term = mixed.log() - 2.0 * (
+        (1.0 - alpha) * params.log_stds.unsqueeze(-2) + alpha * params.log_stds.unsqueeze(-3)
+    )
     return (0.5 * alpha * (1.0 - alpha) * squared + 0.5 * log_det_term).sum(-1)
 
 

@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 
 import torch as th
 
-from sb3_gmm.entropy._common import LOG_2PI, MixtureParams, gaussian_entropies, pairwise_differences, weighted_sum
+from sb3_gmm.entropy._common import LOG_2PI_E, MixtureParams, gaussian_entropies, pairwise_differences, weighted_sum
 from sb3_gmm.entropy.registry import Option, one_of, optional_seed, positive_int, register
 
 
@@ -39,31 +39,125 @@ def quadrature_entropy(
     points: th.Tensor,
     point_weights: th.Tensor,
     control_variate: bool = True,
+    fused: bool = True,
+    features: Optional[th.Tensor] = None,
 ) -> th.Tensor:
     """Entropy from standard-normal points, stratified per component (the core of every method in this module).
 
     :param params: the mixture
-    :param points: ``[n, D]`` points shared by all components, or ``[..., K, n, D]`` points of their own
+    :param points: ``[n, D]`` points shared by all components, ``[K, n, D]`` points of each component's own, or
+        ``[..., K, n, D]`` points per batch element and component
     :param point_weights: ``[n]`` quadrature weights summing to one
     :param control_variate: keep the exact Gaussian part (True) or average the plain ``-log p`` (False: plain MC)
+    :param fused: use the hand-written backward (fast, first derivatives only) instead of autograd through every op
+    :param features: ``cat([points, points^2], -1)`` when the caller has it cached
     :return: entropy ``[...]``
     """
-    constant, coefficients = _quadratic_form_coefficients(params)
-    features = th.cat([points, points.square()], dim=-1).transpose(-1, -2)  # [2D, n] or [..., K, 2D, n]
-    if features.dim() > 2:
-        # Own points per (batch, component i): contract over the feature axis for each i.
-        delta = th.matmul(coefficients, features)
+    if features is None:
+        features = point_features(points)
+    if fused:
+        estimate = _FusedQuadratureEntropy.apply(params.log_weights, params.means, params.stds, features, point_weights)
     else:
-        delta = coefficients @ features
-    delta = delta + constant.unsqueeze(-1)  # [..., K(i), K(j), n]
-    log_mixture_ratio = th.logsumexp(params.log_weights.unsqueeze(-1).unsqueeze(-3) + delta, dim=-2)  # [..., K, n]
-    correction = (log_mixture_ratio * point_weights).sum(-1)
-    per_component = gaussian_entropies(params.log_stds) - correction
+        estimate = _autograd_quadrature_entropy(params, features, point_weights)
     if not control_variate:
         # -log N_i(x) averaged over the points instead of its exact expectation H_i.
         half_squared_norm = 0.5 * (points.square().sum(-1) * point_weights).sum(-1)
-        per_component = per_component + half_squared_norm - 0.5 * params.dim
-    return weighted_sum(params.log_weights, per_component)
+        estimate = estimate + weighted_sum(
+            params.log_weights, (half_squared_norm - 0.5 * params.dim).expand_as(params.log_weights)
+        )
+    return estimate
+
+
+def point_features(points: th.Tensor) -> th.Tensor:
+    """``[eps, eps^2]`` per point, ``[..., n, 2D]``: Delta_ij is linear in these."""
+    return th.cat([points, points.square()], dim=-1)
+
+
+def _autograd_quadrature_entropy(params: MixtureParams, features: th.Tensor, point_weights: th.Tensor) -> th.Tensor:
+    """Reference implementation differentiated by autograd (supports higher derivatives; slower)."""
+    constant, coefficients = _quadratic_form_coefficients(params)
+    delta = th.matmul(coefficients, features.transpose(-1, -2)) + constant.unsqueeze(-1)  # [..., K(i), K(j), n]
+    log_mixture_ratio = th.logsumexp(params.log_weights.unsqueeze(-1).unsqueeze(-3) + delta, dim=-2)  # [..., K, n]
+    correction = (log_mixture_ratio * point_weights).sum(-1)
+    return weighted_sum(params.log_weights, gaussian_entropies(params.log_stds) - correction)
+
+
+def _contract_points(values: th.Tensor, features: th.Tensor, transpose: bool = False) -> th.Tensor:
+    """``[..., K(i), K(j), 2D] x features -> [..., K(i), K(j), n]`` (or back with ``transpose``).
+
+    Shared points (``[n, 2D]``) are one plain matrix product; per-component points (``[K, n, 2D]``) go through
+    einsum, which batches over ``i`` instead of broadcasting into one tiny product per (batch, i) pair.
+    """
+    if features.dim() == 2:
+        return values @ features if transpose else values @ features.T
+    if features.dim() == 3:
+        return th.einsum("...ijn,inf->...ijf" if transpose else "...ijf,inf->...ijn", values, features)
+    return th.matmul(values, features) if transpose else th.matmul(values, features.transpose(-1, -2))
+
+
+class _FusedQuadratureEntropy(th.autograd.Function):
+    """The quadrature estimate with its gradient written out by hand.
+
+    Autograd would record ~40 small ops; at RL batch sizes their bookkeeping, not the arithmetic, is the cost. The
+    backward needs one extra matrix product (responsibility-weighted point moments) and elementwise work on
+    ``[..., K, K, D]``. First derivatives only (``once_differentiable``): use ``fused=False`` for higher ones.
+    """
+
+    @staticmethod
+    def forward(ctx, log_weights, means, stds, features, point_weights):  # type: ignore[override]
+        dim = means.shape[-1]
+        log_stds = stds.log()
+        inv_stds = stds.reciprocal()
+        inv_std_j = inv_stds.unsqueeze(-3)
+        scaled_diff = (means.unsqueeze(-2) - means.unsqueeze(-3)) * inv_std_j  # (mu_i - mu_j) / s_j
+        std_ratio = stds.unsqueeze(-2) * inv_std_j  # s_i / s_j
+        coefficients = th.cat([-scaled_diff * std_ratio, 0.5 - 0.5 * std_ratio.square()], dim=-1)
+        sum_log_stds = log_stds.sum(-1)
+        constant = sum_log_stds.unsqueeze(-1) - sum_log_stds.unsqueeze(-2) - 0.5 * scaled_diff.square().sum(-1)
+        logits_ijn = _contract_points(coefficients, features)
+        logits_ijn += (constant + log_weights.unsqueeze(-2)).unsqueeze(-1)  # log w_j + Delta_ij(eps_n)
+        # logsumexp over j by hand: the exponentials are kept as the responsibilities the backward needs.
+        shift = logits_ijn.amax(-2, keepdim=True)
+        responsibilities = logits_ijn.sub_(shift).exp_()
+        normaliser = responsibilities.sum(-2, keepdim=True)
+        responsibilities /= normaliser
+        log_mixture_ratio = (shift + normaliser.log()).squeeze(-2)  # [..., K(i), n]
+        correction = log_mixture_ratio @ point_weights
+        weights = log_weights.exp()
+        per_component = 0.5 * dim * LOG_2PI_E + sum_log_stds - correction
+        ctx.save_for_backward(
+            responsibilities, weights, per_component, scaled_diff, std_ratio, inv_stds, features, point_weights
+        )
+        return (weights * per_component).sum(-1)
+
+    @staticmethod
+    @th.autograd.function.once_differentiable
+    def backward(ctx, grad_output):  # type: ignore[override]
+        responsibilities, weights, per_component, scaled_diff, std_ratio, inv_stds, features, point_weights = (
+            ctx.saved_tensors
+        )
+        dim = scaled_diff.shape[-1]
+        grad = grad_output.unsqueeze(-1)
+        weighted = responsibilities * (point_weights * (grad * weights).unsqueeze(-1)).unsqueeze(-2)  # W_ijn
+        # Derivative of the output w.r.t. the constant, linear and quadratic coefficients of Delta_ij: -W summed.
+        grad_constant = -weighted.sum(-1)  # [..., K(i), K(j)]
+        grad_coefficients = -_contract_points(weighted, features, transpose=True)  # [..., K(i), K(j), 2D]
+        grad_linear, grad_quadratic = grad_coefficients[..., :dim], grad_coefficients[..., dim:]
+        grad_log_weights = grad * weights * per_component + grad_constant.sum(-2)
+        # Chain rule through scaled_diff z = (mu_i - mu_j) / s_j and std_ratio r = s_i / s_j.
+        grad_scaled = -grad_constant.unsqueeze(-1) * scaled_diff - grad_linear * std_ratio
+        grad_ratio = -grad_linear * scaled_diff - grad_quadratic * std_ratio
+        inv_std_j = inv_stds.unsqueeze(-3)
+        grad_diff = grad_scaled * inv_std_j
+        grad_means = grad_diff.sum(-2) - grad_diff.sum(-3)
+        grad_stds = (
+            (grad * weights + grad_constant.sum(-1)).unsqueeze(-1)
+            * inv_stds  # log s_i terms (H_i and Delta's constant)
+            - grad_constant.sum(-2).unsqueeze(-1) * inv_stds  # -log s_j in Delta's constant
+            + (grad_ratio * inv_std_j).sum(-2)  # r depends on s_i
+            - ((grad_ratio * std_ratio + grad_scaled * scaled_diff).sum(-3)) * inv_stds  # r and z depend on s_j
+        )
+        return grad_log_weights, grad_means, grad_stds, None, None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -75,23 +169,28 @@ def _standard_normal_icdf(uniform: th.Tensor) -> th.Tensor:
 
 
 @lru_cache(maxsize=64)
-def sobol_points(dim: int, n_points: int, seed: int = 0, antithetic: bool = True) -> th.Tensor:
-    """Fixed scrambled-Sobol points mapped to N(0, I), float64 ``[n, D]``.
+def sobol_points(n_components: int, dim: int, n_points: int, seed: int = 0) -> th.Tensor:
+    """Fixed scrambled-Sobol points mapped to N(0, I), one differently scrambled set per component, float64
+    ``[K, n, D]``.
 
-    With ``antithetic`` the set is ``{z, -z}`` and each coordinate is rescaled to unit mean square, so the point set
-    reproduces the first two moments of every coordinate exactly: the mean of ``Delta_ij`` over the points is then
-    exactly ``-KL(N_i || N_j)`` and only the curvature of the integrand is left to quadrature error.
+    Each set is shifted and rescaled per coordinate to mean exactly 0 and mean square exactly 1, so the mean of
+    ``Delta_ij`` over the points is exactly ``-KL(N_i || N_j)`` and only the curvature of the integrand is left to
+    quadrature error. Independent scrambles per component decorrelate the components' errors, which then partly
+    cancel in the weighted sum (measured: mean error 0.0057 vs 0.0079 nats with shared points, 64 points).
+    Antithetic pairs ``{z, -z}`` were measured worse: they duplicate every ``z^2``, the part that matters for
+    components of different widths.
     """
-    base = n_points // 2 if antithetic else n_points
-    engine = th.quasirandom.SobolEngine(dimension=dim, scramble=True, seed=seed)
-    uniform = engine.draw(base, dtype=th.float64)
-    # Centre each Sobol cell so no point sits at 0 or 1 (infinite normal quantile).
-    uniform = uniform.clamp(1e-10, 1.0 - 1e-10)
-    z = _standard_normal_icdf(uniform)
-    if antithetic:
-        z = th.cat([z, -z], dim=0)
-        z = z / z.square().mean(0, keepdim=True).sqrt()
-    return z
+    sets = []
+    for component in range(n_components):
+        engine = th.quasirandom.SobolEngine(dimension=dim, scramble=True, seed=seed * 7919 + component)
+        # Clamping keeps the normal quantile finite if a scrambled point lands on 0.
+        uniform = engine.draw(n_points, dtype=th.float64).clamp(1e-12, 1.0 - 1e-12)
+        z = _standard_normal_icdf(uniform)
+        if n_points > 1:
+            z = z - z.mean(0, keepdim=True)
+            z = z / z.square().mean(0, keepdim=True).sqrt()
+        sets.append(z)
+    return th.stack(sets)
 
 
 @lru_cache(maxsize=64)
@@ -118,7 +217,9 @@ def sigma_point_rule(dim: int, degree: int, kappa: Optional[float]) -> Tuple[th.
         spread = dim + (kappa if kappa is not None else max(3.0 - dim, 0.0))
         points = th.cat([th.zeros(1, dim, dtype=th.float64), math.sqrt(spread) * eye, -math.sqrt(spread) * eye])
         centre_weight = 1.0 - dim / spread
-        weights = th.cat([th.tensor([centre_weight], dtype=th.float64), th.full((2 * dim,), 0.5 / spread, dtype=th.float64)])
+        weights = th.cat(
+            [th.tensor([centre_weight], dtype=th.float64), th.full((2 * dim,), 0.5 / spread, dtype=th.float64)]
+        )
         return points, weights
     root3 = math.sqrt(3.0)
     pairs = [
@@ -141,6 +242,24 @@ def sigma_point_rule(dim: int, degree: int, kappa: Optional[float]) -> Tuple[th.
 
 def _as_input(tensor: th.Tensor, like: th.Tensor) -> th.Tensor:
     return tensor.to(dtype=like.dtype, device=like.device)
+
+
+@lru_cache(maxsize=128)
+def _qmc_rule(
+    n_components: int, dim: int, n_points: int, seed: int, dtype: th.dtype, device: th.device
+) -> Tuple[th.Tensor, th.Tensor, th.Tensor]:
+    """Points, weights and features of the qmc rule, converted once per dtype/device (they are constants).
+
+    In one dimension the n-node Gauss-Hermite rule replaces Sobol: it is exact for polynomials up to degree 2n - 1,
+    and measured on the gradient it was the difference between a cosine of 0.987 and 1.000.
+    """
+    if dim == 1:
+        points, weights = gauss_hermite_points(n_points)
+    else:
+        points = sobol_points(n_components, dim, n_points, seed)
+        weights = th.full((n_points,), 1.0 / n_points, dtype=th.float64)
+    points, weights = points.to(dtype=dtype, device=device), weights.to(dtype=dtype, device=device)
+    return points, weights, point_features(points)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -183,17 +302,17 @@ def monte_carlo(params: MixtureParams, n_samples: int = 64, seed: Optional[int] 
     "qmc",
     bound=None,
     cost="O(n K^2 D)",
-    summary="fixed scrambled-Sobol points per component with the Gaussian control variate (deterministic)",
+    summary="fixed scrambled-Sobol points per component (Gauss-Hermite in 1-D) with the Gaussian control variate",
     options={
-        "n_points": Option(64, positive_int(maximum=65536, minimum=2), "points per component (a power of 2 is best)"),
-        "antithetic": Option(True, one_of(True, False), "use {z, -z} pairs with unit second moments"),
-        "seed": Option(0, positive_int(minimum=0), "scrambling seed of the fixed point set"),
+        "n_points": Option(64, positive_int(maximum=4096, minimum=2), "points per component (a power of 2 is best)"),
+        "seed": Option(0, positive_int(minimum=0), "scrambling seed of the fixed point sets"),
     },
 )
-def qmc(params: MixtureParams, n_points: int = 64, antithetic: bool = True, seed: int = 0) -> th.Tensor:
-    points = _as_input(sobol_points(params.dim, n_points, seed, antithetic), params.means)
-    point_weights = th.full((points.shape[0],), 1.0 / points.shape[0], dtype=points.dtype, device=points.device)
-    return quadrature_entropy(params, points, point_weights)
+def qmc(params: MixtureParams, n_points: int = 64, seed: int = 0) -> th.Tensor:
+    points, point_weights, features = _qmc_rule(
+        params.n_components, params.dim, n_points, seed, params.means.dtype, params.means.device
+    )
+    return quadrature_entropy(params, points, point_weights, features=features)
 
 
 @register(
@@ -209,6 +328,3 @@ def qmc(params: MixtureParams, n_points: int = 64, antithetic: bool = True, seed
 def sigma_points(params: MixtureParams, degree: int = 3, kappa: Optional[float] = None) -> th.Tensor:
     points, point_weights = sigma_point_rule(params.dim, degree, None if kappa is None else float(kappa))
     return quadrature_entropy(params, _as_input(points, params.means), _as_input(point_weights, params.means))
-
-
-__all__ = ["LOG_2PI", "quadrature_entropy", "sobol_points", "gauss_hermite_points", "sigma_point_rule"]

@@ -56,7 +56,9 @@ class EstimatorInfo:
             value = given.get(option_name, option.default)
             problem = option.check(value)
             if problem is not None:
-                raise ValueError(f"option {option_name!r} of method {self.name!r} {problem} (got {value!r}); {option.doc}")
+                raise ValueError(
+                    f"option {option_name!r} of method {self.name!r} {problem} (got {value!r}); {option.doc}"
+                )
             resolved[option_name] = value
         return resolved
 
@@ -127,4 +129,3 @@ def one_of(*choices: Any) -> Callable[[Any], Optional[str]]:
         return None if value in choices else f"must be one of {list(choices)}"
 
     return check
-
