@@ -71,18 +71,18 @@ class EnvSetting:
 ENV_SETTINGS: Dict[str, EnvSetting] = {
     BANDIT_ID: EnvSetting(
         short_name="bandit",
-        timesteps={"quick": 2048, "full": 15360},
+        timesteps={"quick": 4096, "full": 20480},
         ent_coef=0.01,
         n_envs=4,
-        ppo_kwargs=dict(n_steps=128, batch_size=64, n_epochs=10, learning_rate=3e-4, gamma=0.99, gae_lambda=0.95),
+        ppo_kwargs=dict(n_steps=128, batch_size=64, n_epochs=10, learning_rate=1e-3, gamma=0.99, gae_lambda=0.95),
         eval_episodes=50,
     ),
     NAVIGATION_ID: EnvSetting(
         short_name="navigation",
-        timesteps={"quick": 4096, "full": 40960},
+        timesteps={"quick": 8192, "full": 40960},
         ent_coef=0.01,
         n_envs=4,
-        ppo_kwargs=dict(n_steps=256, batch_size=64, n_epochs=10, learning_rate=3e-4, gamma=0.99, gae_lambda=0.95),
+        ppo_kwargs=dict(n_steps=256, batch_size=64, n_epochs=10, learning_rate=1e-3, gamma=0.99, gae_lambda=0.95),
         eval_episodes=50,
     ),
     # The zoo's PPO entry without gSDE (use_sde / sde_sample_freq dropped).
@@ -100,7 +100,7 @@ ENV_SETTINGS: Dict[str, EnvSetting] = {
     # gSDE-specific log_std_init=-3.29 is dropped (both policies start from their default std).
     "MountainCarContinuous-v0": EnvSetting(
         short_name="mountaincar",
-        timesteps={"quick": 2000, "full": 30000},
+        timesteps={"quick": 2000, "full": 20000},
         ent_coef=0.00429,
         n_envs=1,
         ppo_kwargs=dict(

@@ -23,9 +23,9 @@ class TwoRouteNavigationEnv(gym.Env):
 
     Optimal return: ``1 + goal_bonus`` = 2.0 with the defaults, reached by any collision-free path that
     arrives within ``max_steps``. The shortest path (tangents and arc around the disc) needs about 1.43 of
-    travel, i.e. 15 steps of 0.1, well inside the 25-step limit; the routes above and below are mirror images,
-    hence equally good. Driving straight right stops at the obstacle after ~4 steps: progress 0.3 at most and
-    a collision penalty on every remaining step (about -1.8 with the defaults).
+    travel, i.e. 10 steps of 0.15, well inside the 25-step limit; the routes above and below are mirror images,
+    hence equally good. Driving straight right stops in front of the obstacle after 2 steps (progress 0.23) and
+    pays the collision penalty on every remaining step: about -0.92 with the defaults.
 
     Why it is multimodal: at the start the best stochastic policy puts its mass on two separated headings
     (up-right and down-right); their average, straight right, is the worst choice.
@@ -48,11 +48,11 @@ class TwoRouteNavigationEnv(gym.Env):
     def __init__(
         self,
         max_steps: int = 25,
-        max_speed: float = 0.1,
+        max_speed: float = 0.15,
         obstacle_radius: float = 0.3,
         goal_radius: float = 0.1,
         start_noise: float = 0.05,
-        collision_penalty: float = 0.1,
+        collision_penalty: float = 0.05,
         goal_bonus: float = 1.0,
         render_mode: Optional[str] = None,
     ) -> None:
