@@ -350,6 +350,8 @@ def summarise(
         if result.refused is None:
             per_kind[case.kind] = max(per_kind.get(case.kind, 0.0), result.error)
     worst_case = max(zip(cases, results), key=lambda pair: -1.0 if pair[1].refused else pair[1].error)[0].name
+    evaluated_pairs = [(c, r) for c, r in zip(cases, results) if r.refused is None]
+    worst_gradient_case = min(evaluated_pairs, key=lambda p: p[1].gradient_cosine)[0].name if evaluated_pairs else None
     k, d = headline
     small = find_timing(report, grid_batch_size, k, d)
     large = find_timing(report, large_batch_size, k, d)
@@ -373,6 +375,7 @@ def summarise(
         "mean_signed_error": float(np.mean([r.signed_error for r in evaluated])) if errors else math.nan,
         "worst_case": worst_case if errors else None,
         "min_gradient_cosine": min(cosines) if cosines else math.nan,
+        "worst_gradient_case": worst_gradient_case,
         "median_gradient_cosine": statistics.median(cosines) if cosines else math.nan,
         "min_mixing_cosine": min(mixing) if mixing else math.nan,
         "median_mixing_cosine": statistics.median(mixing) if mixing else math.nan,
@@ -428,13 +431,13 @@ def truth_summary(cases: Sequence[MixtureCase], truths: Dict[str, GroundTruth]) 
 
 
 def _json_safe(value: Any) -> Any:
-    """Replace nan / inf (not valid JSON) by None / "inf" recursively."""
+    """Replace nan / inf (not valid JSON) by None / "inf" recursively; round floats to 7 significant digits."""
     if isinstance(value, float):
         if math.isnan(value):
             return None
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
-        return value
+        return float(f"{value:.7g}")
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -509,7 +512,8 @@ def plot_error_vs_dim(summaries: List[Dict[str, Any]], dims: Sequence[int], trut
         panel.set_xlabel("action dimension D")
         panel.set_ylabel("max |error| over K and cases (nats)")
         panel.grid(True, which="major", alpha=0.3)
-        panel.legend(fontsize=8, loc="best")
+        panel.set_ylim(top=max(panel.get_ylim()[1], 1e4))  # headroom so the legend never hides a line
+        panel.legend(fontsize=8, loc="upper left", ncol=2)
     for panel in list(axes.flat)[len(families):]:
         panel.axis("off")
     figure.suptitle(
@@ -650,7 +654,8 @@ def write_markdown(
         "- `one_hot_concentric`: `concentric` geometry with one dominant component;",
         "- K = 1: one `single` Gaussian per D (every exact-for-one-Gaussian method must give 0 error).",
         "",
-        f"Kinds in this run: {', '.join(f'`{k}`' for k in kinds)}.",
+        f"Kinds in this run: {', '.join(f'`{k}`' for k in kinds)}. To reuse the suite and the truth from the "
+        "repository root: `from benchmarks._suite import make_suite, ground_truth`.",
         "",
         "## The ground truth",
         "",
@@ -721,6 +726,27 @@ def write_markdown(
         "",
         "Worst case per variant (largest abs err): "
         + "; ".join(f"`{s['label']}`: {s['worst_case']}" for s in summaries if s["worst_case"]) + ".",
+        "",
+        "Worst case per variant (smallest grad cos): "
+        + "; ".join(f"`{s['label']}`: {s['worst_gradient_case']}" for s in summaries if s["worst_gradient_case"])
+        + ".",
+        "",
+        f"Absolute forward+backward times at K={k_head}, D={d_head} (median ms; each log_prob column is the yardstick "
+        "measured alternately with that row's estimator):",
+        "",
+        f"| method / variant | estimator B={small} | log_prob B={small} | estimator B={large} | log_prob B={large} |",
+        "|---|---|---|---|---|",
+    ]
+    for report in reports:
+        cells = []
+        for batch_size in (small, large):
+            timing = find_timing(report, batch_size, k_head, d_head)
+            if timing is None or timing.refused:
+                cells += ["refused" if timing is not None else "-", "-"]
+            else:
+                cells += [f"{timing.estimator_ms:.3g}", f"{timing.log_prob_ms:.3g}"]
+        lines.append(f"| {report.variant.label} | " + " | ".join(cells) + " |")
+    lines += [
         "",
         f"![error vs dimension]({figures['error_vs_dim']})",
         "",
@@ -839,6 +865,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         or args.truth_samples or args.no_timing_grid or args.dtype != "float32" or args.seed != 0
     )
 
+    git_commit = _git_commit()  # before the run: the library may change while it runs
     cases = make_suite(args.dims, args.components, seed=args.seed, quick=args.quick)
     variants = build_variants(args.methods)
     print(f"{len(cases)} cases, {len(variants)} variants, truth {truth_samples} x 2 samples per component", flush=True)
@@ -880,7 +907,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "python": platform.python_version(),
         "torch": th.__version__,
         "date": datetime.date.today().isoformat(),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit,
         "seed": args.seed,
         "truth_seed": args.truth_seed,
         "truth_samples_per_replicate": truth_samples,
@@ -916,7 +943,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             for c in cases
         ],
         "summaries": summaries,
-        "per_case": {r.variant.label: {name: vars(result) for name, result in r.cases.items()} for r in reports},
+        # Column-oriented: per_case[label][field][i] belongs to cases[i].
+        "per_case": {
+            r.variant.label: {
+                name: [getattr(r.cases[c.name], name) for c in cases] for name in CaseResult.__dataclass_fields__
+            }
+            for r in reports
+        },
         "timings": {r.variant.label: [vars(t) for t in r.timings] for r in reports},
     }
     with open(output_dir / "entropy_accuracy.json", "w") as handle:
