@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -420,16 +421,16 @@ def plot_curves(results: List[Dict[str, Any]], figures_dir: Path, budget: str) -
                 runs = [r for r in env_results if r["spec"]["ent_coef"] == coef and r["spec"]["variant"] == variant]
                 curves = np.array([_binned_curve(r, grid) for r in runs])
                 color, linestyle = _style(variant)
-                median = np.nanmedian(curves, axis=0)
+                with warnings.catch_warnings():  # bins before a run's first finished episode are all-NaN
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    median, low, high = (f(curves, axis=0) for f in (np.nanmedian, np.nanmin, np.nanmax))
                 axis.plot(centres, median, color=color, linestyle=linestyle, label=f"{variant} ({len(runs)})")
-                axis.fill_between(
-                    centres, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), color=color, alpha=0.08
-                )
+                axis.fill_between(centres, low, high, color=color, alpha=0.08)
             axis.set_title(f"{env_id}, ent_coef={coef:g}")
             axis.set_xlabel("timesteps")
             axis.grid(alpha=0.3)
             axis.legend(fontsize=7, loc="lower right")
-        axes[0][0].set_ylabel("training episode return (median over seeds; band: min-max)")
+        axes[0][0].set_ylabel("training return (median over seeds, band min-max)")
         figure.tight_layout()
         path = figures_dir / f"rl_{setting.short_name}.png"
         figure.savefig(path, dpi=110)
@@ -503,6 +504,64 @@ def results_table(results: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def bandit_regularised_optimum(alphas: Tuple[float, ...] = (0.01, 0.02, 0.05, 0.1)) -> str:
+    """Best one-Gaussian and best two-component policies for one step of TwoPeakBandit under ``E[r] + alpha H``.
+
+    As in PPO, the reward sees the action clipped to [-1, 1] and the entropy is that of the unclipped distribution.
+    The mixture is searched over symmetric equal-weight pairs ``N(+-mu, s^2)`` (the symmetric optimum); its
+    entropy is integrated on a fine grid around the two components. Returns a markdown table.
+    """
+    from scipy.optimize import minimize
+
+    from sb3_gmm.envs import TwoPeakBanditEnv
+
+    env = TwoPeakBanditEnv()
+    nodes, node_weights = np.polynomial.hermite_e.hermegauss(96)
+    node_weights = node_weights / node_weights.sum()
+
+    def objective(params: np.ndarray, mixture: bool, alpha: float) -> Tuple[float, float, float]:
+        mean, std = float(params[0]), float(np.exp(params[1]))
+        centres = (mean, -mean) if mixture else (mean,)
+        expected = float(np.mean([node_weights @ env.reward_of((c + std * nodes)[:, None]) for c in centres]))
+        if mixture:
+            grid = np.linspace(-abs(mean) - 10.0 * std, abs(mean) + 10.0 * std, 40001)
+            density = np.mean([np.exp(-0.5 * ((grid - c) / std) ** 2) for c in centres], axis=0)
+            density /= np.sqrt(2.0 * np.pi) * std
+            entropy = float(-np.sum(density * np.log(np.maximum(density, 1e-300))) * (grid[1] - grid[0]))
+        else:
+            entropy = 0.5 * np.log(2.0 * np.pi * np.e * std**2)
+        return expected + alpha * entropy, expected, entropy
+
+    lines = [
+        "| alpha | best Gaussian: mean, std, E[r], objective | best 2-mixture: means, std, E[r], objective | gain |",
+        "|---|---|---|---|",
+    ]
+    for alpha in alphas:
+        cells = []
+        values = []
+        for mixture in (False, True):
+            best = None
+            for start in ([0.6, -3.0], [0.6, -2.0], [0.3, -1.0], [0.0, -0.5]):
+                found = minimize(
+                    lambda p, m=mixture, a=alpha: -objective(p, m, a)[0],
+                    np.array(start),
+                    method="Nelder-Mead",
+                    options={"xatol": 1e-7, "fatol": 1e-10, "maxiter": 4000},
+                )
+                if best is None or found.fun < best.fun:
+                    best = found
+            value, expected, _ = objective(best.x, mixture, alpha)
+            mean = abs(best.x[0])
+            where = f"+-{mean:.2f}" if mixture else f"{mean:.2f}"
+            cells.append(f"{where}, {np.exp(best.x[1]):.3f}, {expected:.3f}, {value:.4f}")
+            values.append(value)
+        lines.append(
+            f"| {alpha:g} | {cells[0]} | {cells[1]} | {values[1] - values[0]:.4f} (alpha log 2 = "
+            f"{alpha * np.log(2):.4f}) |"
+        )
+    return "\n".join(lines)
+
+
 def machine_description() -> str:
     from benchmarks.throughput import machine_description as describe
 
@@ -514,7 +573,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--budget", choices=("quick", "full"), default="quick")
     parser.add_argument("--envs", nargs="+", default=list(DEFAULT_ENVS), choices=list(ENV_SETTINGS))
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (full), 0 (quick)")
-    parser.add_argument("--components", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--components", type=int, nargs="*", default=[2, 4])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/rl_compare/<budget>)")
     parser.add_argument("--figures", type=Path, default=REPO_ROOT / "docs" / "figures")
@@ -535,6 +594,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     results = load_results(out_dir)
     failed = sorted(path.stem for path in out_dir.glob("*.failed") if not path.with_suffix(".json").exists())
     print(results_table(results))
+    if BANDIT_ID in args.envs:
+        print("\nTwoPeakBandit, one step, entropy-regularised optimum:")
+        print(bandit_regularised_optimum())
     if failed:
         print("failed runs:", ", ".join(failed))
     for path in plot_curves(results, args.figures, args.budget):

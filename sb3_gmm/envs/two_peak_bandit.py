@@ -27,7 +27,9 @@ class TwoPeakBanditEnv(gym.Env):
 
     Why it is multimodal: both peaks are equally good, so under an entropy bonus the best stochastic policy
     spreads its mass over both of them. A single Gaussian can only do that by covering the valley; a mixture
-    can put one component on each peak.
+    can put one component on each peak. For moderate bonuses the best single Gaussian therefore sits on one peak
+    and gives up ``alpha * log 2`` of the per-step objective ``E[r] + alpha * H`` (computed by
+    ``benchmarks/rl_compare.py``, see docs/rl_results.md).
 
     :param action_dim: number of action dimensions D (each has its own pair of peaks)
     :param episode_length: steps per episode
