@@ -126,6 +126,9 @@ def optional_seed(value: Any) -> Optional[str]:
 
 def one_of(*choices: Any) -> Callable[[Any], Optional[str]]:
     def check(value: Any) -> Optional[str]:
-        return None if value in choices else f"must be one of {list(choices)}"
+        # Equality alone would let False stand for 0 and 2.0 for 2 (positive_int rejects both).
+        if any(type(value) is type(choice) and value == choice for choice in choices):
+            return None
+        return f"must be one of {list(choices)}"
 
     return check
