@@ -196,6 +196,37 @@ def markdown(summary: Dict[str, Any], components: List[int], methods: List[str])
     return "\n".join(lines)
 
 
+def entropy_microbenchmark(
+    components: List[int], methods: List[str], batch_size: int = 64, action_dim: int = 1, calls: int = 20
+) -> str:
+    """Milliseconds per forward + backward of the entropy estimate alone, for one PPO minibatch (markdown table)."""
+    from sb3_gmm.entropy import DEFAULT_METHOD, gmm_entropy
+
+    generator = th.Generator().manual_seed(0)
+    lines = ["| method | " + " | ".join(f"K={k}" for k in components) + " |", "|---|" + "---|" * len(components)]
+    for method in methods:
+        cells = []
+        for n_components in components:
+            logits = th.randn(batch_size, n_components, generator=generator).requires_grad_()
+            means = th.randn(batch_size, n_components, action_dim, generator=generator).requires_grad_()
+            stds = (0.5 + th.rand(batch_size, n_components, action_dim, generator=generator)).requires_grad_()
+            name = DEFAULT_METHOD if method == "default" else method
+            try:
+                for _ in range(3):
+                    gmm_entropy(logits, means, stds, method=name).sum().backward()
+                block_seconds = []
+                for _ in range(5):  # median of 5 blocks: robust to the other jobs on a shared machine
+                    start = time.perf_counter()
+                    for _ in range(calls):
+                        gmm_entropy(logits, means, stds, method=name).sum().backward()
+                    block_seconds.append((time.perf_counter() - start) / calls)
+                cells.append(f"{np.median(block_seconds) * 1e3:.2f}")
+            except Exception as error:
+                cells.append(f"refused ({type(error).__name__})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def machine_description() -> str:
     model = platform.processor() or platform.machine()
     try:
@@ -226,6 +257,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     th.set_num_threads(1)
     from sb3_gmm.entropy import DEFAULT_METHOD
 
+    print(f"entropy estimate alone, ms per forward+backward, batch 64, D=1 (default = {DEFAULT_METHOD}):")
+    print(entropy_microbenchmark(args.components, args.methods), flush=True)
     start = time.perf_counter()
     records, baselines = measure(args.components, args.methods, args.repeats, args.steps, args.too_slow)
     summary = summarise(records, baselines)
