@@ -725,6 +725,8 @@ def test_registry_entries_are_complete():
 def test_default_method():
     assert DEFAULT_METHOD in ESTIMATORS
     assert get_estimator(None) is ESTIMATORS[DEFAULT_METHOD]
+    # The project's promise: the default is deterministic and exact for one Gaussian.
+    assert ESTIMATORS[DEFAULT_METHOD].deterministic and ESTIMATORS[DEFAULT_METHOD].exact_for_single_gaussian
     logits, means, stds = random_batch(3, 4, 5, seed=0)
     th.testing.assert_close(
         gmm_entropy(logits, means, stds), gmm_entropy(logits, means, stds, method=DEFAULT_METHOD), rtol=0, atol=0
