@@ -1,0 +1,221 @@
+"""Gaussian-mixture action distribution for Stable-Baselines3, with a deterministic, differentiable entropy."""
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch as th
+from stable_baselines3.common.distributions import Distribution
+from torch import nn
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal, register_kl
+
+from sb3_gmm.entropy import get_estimator, gmm_entropy, mixture_log_prob
+
+# Mean-shift steps taken by mode() from the best component mean towards the nearest true peak.
+MODE_REFINEMENT_STEPS = 5
+
+
+class GMMTorchDistribution(MixtureSameFamily):
+    """The torch mixture behind :class:`GMMDistribution`, with our own class so a KL can be registered for it alone."""
+
+
+@register_kl(GMMTorchDistribution, GMMTorchDistribution)
+def _kl_gmm_gmm(p: GMMTorchDistribution, q: GMMTorchDistribution) -> th.Tensor:
+    """Chain-rule upper bound ``KL(w_p || w_q) + sum_i w_p,i KL(N_p,i || N_q,i)`` for aligned components.
+
+    Component ``i`` of ``p`` and ``q`` come from the same output of the same policy head, so the bound is tight when
+    the components stay apart; it is smooth (twice differentiable), as TRPO's Hessian-vector products need.
+    """
+    log_weights_p = p.mixture_distribution.logits
+    log_weights_q = q.mixture_distribution.logits
+    weights_p = log_weights_p.exp()
+    weight_kl = (weights_p * (log_weights_p - log_weights_q)).sum(-1)
+    normal_p, normal_q = p.component_distribution.base_dist, q.component_distribution.base_dist
+    variance_ratio = (normal_p.scale / normal_q.scale).square()
+    squared = ((normal_p.loc - normal_q.loc) / normal_q.scale).square()
+    component_kl = 0.5 * (variance_ratio + squared - 1.0 - variance_ratio.log()).sum(-1)
+    return weight_kl + (weights_p * component_kl).sum(-1)
+
+
+class GMMDistribution(Distribution):
+    """Diagonal Gaussian mixture over a continuous action of ``action_dim`` dimensions.
+
+    The network head outputs, per state, ``K`` logits, ``K * D`` means and (with ``state_dependent_std``) ``K * D``
+    log stds; otherwise the log stds are one learned ``[K, D]`` parameter like SB3's ``log_std``.
+
+    :param action_dim: dimension D of the (flattened) action
+    :param n_components: number of mixture components K
+    :param entropy_method: a method of :data:`sb3_gmm.entropy.ESTIMATORS`; None uses the library default
+    :param entropy_kwargs: options of that method (e.g. ``dict(n_points=32)``)
+    :param state_dependent_std: the head outputs the log stds (True) or they are a free parameter (False)
+    :param log_std_bounds: log stds are clamped into this range, keeping stds in a range where log_prob and the
+        entropy estimate stay well conditioned (defaults: std in [9e-4, 7.4] for actions scaled to [-1, 1])
+    :param validate_args: check the mixture parameters on every entropy call (NaN from the network, say)
+    """
+
+    def __init__(
+        self,
+        action_dim: int,
+        n_components: int = 4,
+        entropy_method: Optional[str] = None,
+        entropy_kwargs: Optional[Dict[str, Any]] = None,
+        state_dependent_std: bool = False,
+        log_std_bounds: Tuple[float, float] = (-7.0, 2.0),
+        validate_args: bool = True,
+    ):
+        super().__init__()
+        if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
+            raise ValueError(f"n_components must be a positive int, got {n_components!r}")
+        if action_dim < 1:
+            raise ValueError(f"action_dim must be >= 1, got {action_dim}")
+        low, high = log_std_bounds
+        if not low < high:
+            raise ValueError(f"log_std_bounds must be (low, high) with low < high, got {log_std_bounds!r}")
+        self.entropy_kwargs = dict(entropy_kwargs or {})
+        # Resolve now so a typo in the method or its options fails when the policy is built, not mid-training.
+        get_estimator(entropy_method).resolve_options(self.entropy_kwargs)
+        self.action_dim = action_dim
+        self.n_components = n_components
+        self.entropy_method = entropy_method
+        self.state_dependent_std = state_dependent_std
+        self.log_std_bounds = (float(low), float(high))
+        self.validate_args = validate_args
+        self.logits: Optional[th.Tensor] = None
+        self.means: Optional[th.Tensor] = None
+        self.stds: Optional[th.Tensor] = None
+
+    @property
+    def n_params(self) -> int:
+        """Outputs of the action head per state."""
+        per_component = self.action_dim * (2 if self.state_dependent_std else 1)
+        return self.n_components * (1 + per_component)
+
+    def proba_distribution_net(
+        self, latent_dim: int, log_std_init: float = 0.0, init_mean_spread: float = 0.5
+    ) -> Tuple[nn.Module, Optional[nn.Parameter]]:
+        """Create the action head and, for state-independent stds, the ``[K, D]`` log-std parameter.
+
+        The mean biases start spread evenly over ``[-init_mean_spread, init_mean_spread]`` per dimension (a random
+        permutation per dimension), so components do not start identical and receive different gradients. The
+        policy re-applies this after SB3's orthogonal init, which zeroes biases.
+
+        :param latent_dim: size of the policy latent
+        :param log_std_init: initial log std
+        :param init_mean_spread: half-width of the initial spread of component means
+        """
+        action_net = nn.Linear(latent_dim, self.n_params)
+        self.init_head_bias(action_net, log_std_init, init_mean_spread)
+        if self.state_dependent_std:
+            return action_net, None
+        log_std = nn.Parameter(th.full((self.n_components, self.action_dim), float(log_std_init)), requires_grad=True)
+        return action_net, log_std
+
+    def init_head_bias(self, action_net: nn.Linear, log_std_init: float, init_mean_spread: float) -> None:
+        """Equal weights, spread means and ``log_std_init`` (state-dependent stds) in the head's bias."""
+        n_components, dim = self.n_components, self.action_dim
+        with th.no_grad():
+            action_net.bias.zero_()
+            if n_components > 1:
+                levels = th.linspace(-init_mean_spread, init_mean_spread, n_components)
+                spread = th.stack([levels[th.randperm(n_components)] for _ in range(dim)], dim=-1)
+                action_net.bias[n_components : n_components * (1 + dim)] = spread.reshape(-1)
+            if self.state_dependent_std:
+                action_net.bias[n_components * (1 + dim) :] = float(log_std_init)
+
+    def proba_distribution(self, action_params: th.Tensor, log_std: Optional[th.Tensor] = None) -> "GMMDistribution":
+        """Bind this batch's mixture parameters (rebinding attributes, never mutating, so shallow copies stay valid).
+
+        :param action_params: head output ``[B, n_params]``
+        :param log_std: the ``[K, D]`` log-std parameter when stds are state independent
+        """
+        batch_shape = action_params.shape[:-1]
+        n_components, dim = self.n_components, self.action_dim
+        logits = action_params[..., :n_components]
+        means = action_params[..., n_components : n_components * (1 + dim)].reshape(*batch_shape, n_components, dim)
+        if self.state_dependent_std:
+            raw_log_std = action_params[..., n_components * (1 + dim) :].reshape(*batch_shape, n_components, dim)
+        else:
+            if log_std is None:
+                raise ValueError("log_std is required when state_dependent_std=False")
+            raw_log_std = log_std.expand(*batch_shape, n_components, dim)
+        self.logits = logits
+        self.means = means
+        self.stds = raw_log_std.clamp(*self.log_std_bounds).exp()
+        return self
+
+    @property
+    def distribution(self) -> GMMTorchDistribution:  # type: ignore[override]
+        """A torch ``MixtureSameFamily`` view of the current parameters (used by SB3's ``kl_divergence``)."""
+        return GMMTorchDistribution(
+            Categorical(logits=self.logits, validate_args=False),
+            Independent(Normal(self.means, self.stds, validate_args=False), 1, validate_args=False),
+            validate_args=False,
+        )
+
+    @distribution.setter
+    def distribution(self, value: Any) -> None:
+        if value is not None:
+            raise AttributeError("GMMDistribution.distribution is derived from logits, means and stds")
+
+    def log_prob(self, actions: th.Tensor) -> th.Tensor:
+        """Exact log density of ``actions [B, D]`` under the mixture, shape ``[B]``."""
+        return mixture_log_prob(actions, th.log_softmax(self.logits, dim=-1), self.means, self.stds)
+
+    def entropy(self) -> th.Tensor:
+        """Entropy estimate ``[B]`` from :func:`sb3_gmm.entropy.gmm_entropy` with the configured method."""
+        return gmm_entropy(
+            self.logits,
+            self.means,
+            self.stds,
+            method=self.entropy_method,
+            validate_args=self.validate_args,
+            **self.entropy_kwargs,
+        )
+
+    def sample(self) -> th.Tensor:
+        """Draw a component per state from the weights, then a reparameterised Gaussian sample from it."""
+        components = Categorical(logits=self.logits, validate_args=False).sample()
+        index = components.view(*components.shape, 1, 1).expand(*components.shape, 1, self.action_dim)
+        means = self.means.gather(-2, index).squeeze(-2)
+        stds = self.stds.gather(-2, index).squeeze(-2)
+        return means + stds * th.randn_like(means)
+
+    def mode(self) -> th.Tensor:
+        """The most probable action found from the component means.
+
+        Starts from the component mean with the highest mixture density (not merely the heaviest component's mean)
+        and takes a few mean-shift steps (the fixed point ``x = sum_k r_k P_k mu_k / sum_k r_k P_k`` is a stationary
+        point of the density), keeping a step only where it raised the density.
+        """
+        with th.no_grad():
+            log_weights = th.log_softmax(self.logits, dim=-1)
+            means, stds = self.means, self.stds
+            # log p(mu_k) for every candidate k: broadcast the K candidates against the K components.
+            candidate_log_probs = mixture_log_prob(
+                means, log_weights.unsqueeze(-2), means.unsqueeze(-3), stds.unsqueeze(-3)
+            )
+            best = candidate_log_probs.argmax(-1)
+            index = best.view(*best.shape, 1, 1).expand(*best.shape, 1, self.action_dim)
+            mode = means.gather(-2, index).squeeze(-2)
+            mode_log_prob = mixture_log_prob(mode, log_weights, means, stds)
+            precisions = stds.pow(-2)
+            for _ in range(MODE_REFINEMENT_STEPS):
+                scaled = (mode.unsqueeze(-2) - means) / stds
+                log_joint = log_weights - 0.5 * scaled.square().sum(-1) - stds.log().sum(-1)
+                weights = th.softmax(log_joint, dim=-1).unsqueeze(-1) * precisions
+                shifted = (weights * means).sum(-2) / weights.sum(-2)
+                shifted_log_prob = mixture_log_prob(shifted, log_weights, means, stds)
+                improved = shifted_log_prob > mode_log_prob
+                mode = th.where(improved.unsqueeze(-1), shifted, mode)
+                mode_log_prob = th.where(improved, shifted_log_prob, mode_log_prob)
+        return mode
+
+    def actions_from_params(
+        self, action_params: th.Tensor, log_std: Optional[th.Tensor] = None, deterministic: bool = False
+    ) -> th.Tensor:
+        self.proba_distribution(action_params, log_std)
+        return self.get_actions(deterministic=deterministic)
+
+    def log_prob_from_params(
+        self, action_params: th.Tensor, log_std: Optional[th.Tensor] = None
+    ) -> Tuple[th.Tensor, th.Tensor]:
+        actions = self.actions_from_params(action_params, log_std)
+        return actions, self.log_prob(actions)
