@@ -1,5 +1,6 @@
 """Gaussian-mixture action distribution for Stable-Baselines3, with a deterministic, differentiable entropy."""
 
+import math
 from typing import Any, Dict, Optional, Tuple
 
 import torch as th
@@ -11,6 +12,28 @@ from sb3_gmm.entropy import get_estimator, gmm_entropy, mixture_log_prob
 
 # Mean-shift steps taken by mode() from the best component mean towards the nearest true peak.
 MODE_REFINEMENT_STEPS = 5
+# Log stds are the identity this far inside their bounds and saturate smoothly over the last stretch.
+LOG_STD_SOFT_MARGIN = 0.5
+
+
+def soft_clamp(values: th.Tensor, low: float, high: float, margin: float = LOG_STD_SOFT_MARGIN) -> th.Tensor:
+    """Identity on ``[low + margin, high - margin]``, exponential saturation towards ``low`` / ``high`` beyond.
+
+    Continuous with a continuous first derivative and never flat, so a log std pushed past a bound still gets a
+    gradient back (a hard clamp would leave it stuck), while values in the interior are untouched (a single
+    component then reproduces SB3's Gaussian exactly).
+
+    :param values: raw log stds
+    :param low: lower bound, approached but never reached
+    :param high: upper bound, approached but never reached
+    :param margin: width of each saturating stretch (clipped to half the interval)
+    """
+    margin = min(margin, 0.5 * (high - low))
+    inner_low, inner_high = low + margin, high - margin
+    # The clamps keep the unused branch of each where() finite, so its gradient is an exact zero, not NaN.
+    above = high - margin * th.exp(-(values - inner_high).clamp(min=0.0) / margin)
+    below = low + margin * th.exp(-(inner_low - values).clamp(min=0.0) / margin)
+    return th.where(values > inner_high, above, th.where(values < inner_low, below, values))
 
 
 class GMMTorchDistribution(MixtureSameFamily):
@@ -23,6 +46,8 @@ def _kl_gmm_gmm(p: GMMTorchDistribution, q: GMMTorchDistribution) -> th.Tensor:
 
     Component ``i`` of ``p`` and ``q`` come from the same output of the same policy head, so the bound is tight when
     the components stay apart; it is smooth (twice differentiable), as TRPO's Hessian-vector products need.
+    The result is one KL per sample, summed over action dimensions, whereas TRPO's DiagGaussian KL is averaged
+    over action dimensions too: with ``D > 1`` the same ``target_kl`` is a tighter trust region here.
     """
     log_weights_p = p.mixture_distribution.logits
     log_weights_q = q.mixture_distribution.logits
@@ -39,16 +64,23 @@ class GMMDistribution(Distribution):
     """Diagonal Gaussian mixture over a continuous action of ``action_dim`` dimensions.
 
     The network head outputs, per state, ``K`` logits, ``K * D`` means and (with ``state_dependent_std``) ``K * D``
-    log stds; otherwise the log stds are one learned ``[K, D]`` parameter like SB3's ``log_std``.
+    log stds; otherwise the log stds are one learned ``[K, D]`` parameter like SB3's ``log_std``. After
+    :meth:`proba_distribution` the batch's parameters are ``logits [B, K]``, ``means [B, K, D]`` and
+    ``stds [B, K, D]``; ``sample``/``mode`` give ``[B, D]``, ``log_prob``/``entropy`` give ``[B]`` (like SB3's
+    DiagGaussianDistribution, summed over action dimensions).
 
     :param action_dim: dimension D of the (flattened) action
     :param n_components: number of mixture components K
     :param entropy_method: a method of :data:`sb3_gmm.entropy.ESTIMATORS`; None uses the library default
-    :param entropy_kwargs: options of that method (e.g. ``dict(n_points=32)``)
+    :param entropy_kwargs: options of that method (e.g. ``dict(n_points=32)``), checked here so a typo fails early
     :param state_dependent_std: the head outputs the log stds (True) or they are a free parameter (False)
-    :param log_std_bounds: log stds are clamped into this range, keeping stds in a range where log_prob and the
-        entropy estimate stay well conditioned (defaults: std in [9e-4, 7.4] for actions scaled to [-1, 1])
-    :param validate_args: check the mixture parameters on every entropy call (NaN from the network, say)
+    :param log_std_min: lower bound of every component's log std. The default -5 (std 0.0067, well below any
+        useful exploration noise) stops the Gaussian-mixture singularity: without it a component can shrink onto
+        one rewarded action and its log density grows without limit (A2C's unclipped objective rewards exactly that)
+    :param log_std_max: upper bound of every log std. The default 2 (std 7.4, SAC's bound too) is already far wider
+        than a typical action range; wider stds only produce clipped actions
+    :param validate_args: check the mixture parameters on every entropy call (catches NaN from the network);
+        None follows :func:`sb3_gmm.entropy.set_validate_args` (on unless switched off)
     """
 
     def __init__(
@@ -58,25 +90,38 @@ class GMMDistribution(Distribution):
         entropy_method: Optional[str] = None,
         entropy_kwargs: Optional[Dict[str, Any]] = None,
         state_dependent_std: bool = False,
-        log_std_bounds: Tuple[float, float] = (-7.0, 2.0),
-        validate_args: bool = True,
+        log_std_min: float = -5.0,
+        log_std_max: float = 2.0,
+        validate_args: Optional[bool] = None,
     ):
         super().__init__()
         if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
-            raise ValueError(f"n_components must be a positive int, got {n_components!r}")
-        if action_dim < 1:
-            raise ValueError(f"action_dim must be >= 1, got {action_dim}")
-        low, high = log_std_bounds
-        if not low < high:
-            raise ValueError(f"log_std_bounds must be (low, high) with low < high, got {log_std_bounds!r}")
+            raise ValueError(f"n_components must be a positive int (1 gives a plain Gaussian), got {n_components!r}")
+        if isinstance(action_dim, bool) or not isinstance(action_dim, int) or action_dim < 1:
+            raise ValueError(f"action_dim must be a positive int, got {action_dim!r}")
+        if not (math.isfinite(log_std_min) and math.isfinite(log_std_max) and log_std_min < log_std_max):
+            raise ValueError(
+                f"log_std_min must be below log_std_max (both finite), got log_std_min={log_std_min!r}, "
+                f"log_std_max={log_std_max!r}"
+            )
+        if entropy_kwargs is not None and not isinstance(entropy_kwargs, dict):
+            raise ValueError(f"entropy_kwargs must be a dict of estimator options, got {type(entropy_kwargs).__name__}")
         self.entropy_kwargs = dict(entropy_kwargs or {})
         # Resolve now so a typo in the method or its options fails when the policy is built, not mid-training.
-        get_estimator(entropy_method).resolve_options(self.entropy_kwargs)
+        try:
+            estimator = get_estimator(entropy_method)
+        except ValueError as error:
+            raise ValueError(f"entropy_method: {error}") from None
+        try:
+            estimator.resolve_options(self.entropy_kwargs)
+        except ValueError as error:
+            raise ValueError(f"entropy_kwargs: {error}") from None
         self.action_dim = action_dim
         self.n_components = n_components
         self.entropy_method = entropy_method
         self.state_dependent_std = state_dependent_std
-        self.log_std_bounds = (float(low), float(high))
+        self.log_std_min = float(log_std_min)
+        self.log_std_max = float(log_std_max)
         self.validate_args = validate_args
         self.logits: Optional[th.Tensor] = None
         self.means: Optional[th.Tensor] = None
@@ -93,13 +138,9 @@ class GMMDistribution(Distribution):
     ) -> Tuple[nn.Module, Optional[nn.Parameter]]:
         """Create the action head and, for state-independent stds, the ``[K, D]`` log-std parameter.
 
-        The mean biases start spread evenly over ``[-init_mean_spread, init_mean_spread]`` per dimension (a random
-        permutation per dimension), so components do not start identical and receive different gradients. The
-        policy re-applies this after SB3's orthogonal init, which zeroes biases.
-
         :param latent_dim: size of the policy latent
         :param log_std_init: initial log std
-        :param init_mean_spread: half-width of the initial spread of component means
+        :param init_mean_spread: half-width of the initial spread of component means (see :meth:`init_head_bias`)
         """
         action_net = nn.Linear(latent_dim, self.n_params)
         self.init_head_bias(action_net, log_std_init, init_mean_spread)
@@ -109,7 +150,17 @@ class GMMDistribution(Distribution):
         return action_net, log_std
 
     def init_head_bias(self, action_net: nn.Linear, log_std_init: float, init_mean_spread: float) -> None:
-        """Equal weights, spread means and ``log_std_init`` (state-dependent stds) in the head's bias."""
+        """Write equal weights, spread means and (state-dependent stds) ``log_std_init`` into the head's bias.
+
+        With SB3's head init (gain 0.01, zero bias) every component would start at the same mean, get the same
+        gradient and stay identical. So per action dimension the K component means start at K evenly spaced levels
+        of ``[-init_mean_spread, init_mean_spread]``, in an independent random order per dimension (components then
+        differ in every dimension without lining up on the diagonal). Logits start at 0 (equal weights).
+
+        :param action_net: the head created by :meth:`proba_distribution_net`
+        :param log_std_init: initial log std (used here only with state-dependent stds)
+        :param init_mean_spread: half-width of the spread; 0 starts all means at 0
+        """
         n_components, dim = self.n_components, self.action_dim
         with th.no_grad():
             action_net.bias.zero_()
@@ -138,12 +189,16 @@ class GMMDistribution(Distribution):
             raw_log_std = log_std.expand(*batch_shape, n_components, dim)
         self.logits = logits
         self.means = means
-        self.stds = raw_log_std.clamp(*self.log_std_bounds).exp()
+        self.stds = soft_clamp(raw_log_std, self.log_std_min, self.log_std_max).exp()
         return self
 
     @property
     def distribution(self) -> GMMTorchDistribution:  # type: ignore[override]
-        """A torch ``MixtureSameFamily`` view of the current parameters (used by SB3's ``kl_divergence``)."""
+        """A torch ``MixtureSameFamily`` of the current parameters (SB3's ``kl_divergence`` reads it).
+
+        Built on access from ``logits``, ``means`` and ``stds``, so it always matches them (also in shallow copies)
+        and costs nothing on the rollout path, which never reads it.
+        """
         return GMMTorchDistribution(
             Categorical(logits=self.logits, validate_args=False),
             Independent(Normal(self.means, self.stds, validate_args=False), 1, validate_args=False),
@@ -156,7 +211,7 @@ class GMMDistribution(Distribution):
             raise AttributeError("GMMDistribution.distribution is derived from logits, means and stds")
 
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
-        """Exact log density of ``actions [B, D]`` under the mixture, shape ``[B]``."""
+        """Exact log density of ``actions [B, D]`` under the mixture (logsumexp over components), shape ``[B]``."""
         return mixture_log_prob(actions, th.log_softmax(self.logits, dim=-1), self.means, self.stds)
 
     def entropy(self) -> th.Tensor:
@@ -171,7 +226,10 @@ class GMMDistribution(Distribution):
         )
 
     def sample(self) -> th.Tensor:
-        """Draw a component per state from the weights, then a reparameterised Gaussian sample from it."""
+        """Draw a component per state from the weights, then a reparameterised Gaussian sample from it.
+
+        No gradient flows through the component index; PPO, A2C and TRPO only need ``log_prob`` of the samples.
+        """
         components = Categorical(logits=self.logits, validate_args=False).sample()
         index = components.view(*components.shape, 1, 1).expand(*components.shape, 1, self.action_dim)
         means = self.means.gather(-2, index).squeeze(-2)
@@ -179,22 +237,27 @@ class GMMDistribution(Distribution):
         return means + stds * th.randn_like(means)
 
     def mode(self) -> th.Tensor:
-        """The most probable action found from the component means.
+        """The most probable action found from the component means (no gradient).
 
-        Starts from the component mean with the highest mixture density (not merely the heaviest component's mean)
-        and takes a few mean-shift steps (the fixed point ``x = sum_k r_k P_k mu_k / sum_k r_k P_k`` is a stationary
-        point of the density), keeping a step only where it raised the density.
+        Starts from the component mean with the highest density under the whole mixture (not merely the heaviest
+        component's mean: a light but sharp component can be the higher peak) and takes
+        ``MODE_REFINEMENT_STEPS`` mean-shift steps, the fixed-point iteration
+        ``x <- sum_k r_k(x) P_k mu_k / sum_k r_k(x) P_k`` (``r_k`` responsibilities, ``P_k`` precisions) whose fixed
+        points are the stationary points of the density. Overlapping components have their peak between their
+        means; a step is kept only where it raised the density, so the result is never worse than the best mean.
+        With one component it is exactly the mean.
         """
         with th.no_grad():
             log_weights = th.log_softmax(self.logits, dim=-1)
             means, stds = self.means, self.stds
-            # log p(mu_k) for every candidate k: broadcast the K candidates against the K components.
-            candidate_log_probs = mixture_log_prob(
-                means, log_weights.unsqueeze(-2), means.unsqueeze(-3), stds.unsqueeze(-3)
-            )
+            # Score every component mean under the whole mixture: candidates on a leading axis, [K, *batch, D].
+            candidates = means.movedim(-2, 0)
+            candidate_log_probs = mixture_log_prob(candidates, log_weights, means, stds).movedim(0, -1)
             best = candidate_log_probs.argmax(-1)
             index = best.view(*best.shape, 1, 1).expand(*best.shape, 1, self.action_dim)
             mode = means.gather(-2, index).squeeze(-2)
+            if self.n_components == 1:
+                return mode
             mode_log_prob = mixture_log_prob(mode, log_weights, means, stds)
             precisions = stds.pow(-2)
             for _ in range(MODE_REFINEMENT_STEPS):
@@ -211,11 +274,22 @@ class GMMDistribution(Distribution):
     def actions_from_params(
         self, action_params: th.Tensor, log_std: Optional[th.Tensor] = None, deterministic: bool = False
     ) -> th.Tensor:
+        """Bind the parameters, then sample (or take the mode with ``deterministic=True``).
+
+        :param action_params: head output ``[B, n_params]``
+        :param log_std: the ``[K, D]`` log-std parameter when stds are state independent
+        :param deterministic: return the mode instead of a sample
+        """
         self.proba_distribution(action_params, log_std)
         return self.get_actions(deterministic=deterministic)
 
     def log_prob_from_params(
         self, action_params: th.Tensor, log_std: Optional[th.Tensor] = None
     ) -> Tuple[th.Tensor, th.Tensor]:
+        """Sample actions from the given parameters and return them with their log densities.
+
+        :param action_params: head output ``[B, n_params]``
+        :param log_std: the ``[K, D]`` log-std parameter when stds are state independent
+        """
         actions = self.actions_from_params(action_params, log_std)
         return actions, self.log_prob(actions)

@@ -5,7 +5,7 @@
 """
 
 from functools import partial
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch as th
@@ -24,15 +24,26 @@ from sb3_gmm.distributions import GMMDistribution
 class GMMPolicyMixin:
     """Replaces SB3's action distribution with a :class:`GMMDistribution`; shared by every GMM policy.
 
-    :param n_components: number of mixture components K
-    :param entropy_method: entropy estimator (a name of ``sb3_gmm.entropy.ESTIMATORS``); None is the library default
-    :param entropy_kwargs: options of that estimator, e.g. ``dict(n_points=32)``
-    :param state_dependent_std: the head outputs per-state log stds (True) or they are one learned ``[K, D]``
-        parameter named ``log_std`` (False, like SB3's MlpPolicy, and logged as ``train/std``)
-    :param log_std_init: initial log std of every component
-    :param log_std_bounds: log stds are clamped into ``(low, high)``
-    :param init_mean_spread: initial component means are spread evenly over ``[-spread, spread]`` per action dim
-    :param entropy_validate_args: check the mixture parameters in every entropy call
+    Only ``Box`` action spaces are supported (any shape: the mixture lives on the flattened action, and SB3 reshapes
+    actions back). gSDE (``use_sde=True``) is rejected.
+
+    :param n_components: number of mixture components K (default 4; 1 reproduces SB3's Gaussian MlpPolicy)
+    :param entropy_method: entropy estimator, a name of ``sb3_gmm.entropy.ESTIMATORS``; None (default) is the
+        library default (``sb3_gmm.entropy.DEFAULT_METHOD``)
+    :param entropy_kwargs: options of that estimator, e.g. ``dict(n_points=32)``; checked at construction
+    :param state_dependent_std: False (default): the log stds are one learned ``[K, D]`` parameter named
+        ``log_std``, like SB3's MlpPolicy (PPO/A2C/TRPO log ``train/std`` from it); True: the action head outputs
+        per-state log stds
+    :param log_std_init: initial log std of every component (default 0, as in SB3)
+    :param log_std_min: log stds saturate smoothly above this bound (default -5, std 0.0067; see
+        :class:`GMMDistribution` for why mixtures need one)
+    :param log_std_max: log stds saturate smoothly below this bound (default 2, std 7.4)
+    :param init_mean_spread: the K initial component means are spread evenly over ``[-spread, spread]`` in every
+        action dimension, in a random order per dimension, through the head's bias (default 0.5, a quarter of
+        the usual [-1, 1] / [-2, 2] action range: components start distinct but inside it). 0 starts them together,
+        and then they stay identical
+    :param entropy_validate_args: check the mixture parameters in every entropy call; None (default) follows
+        ``sb3_gmm.entropy.set_validate_args``
     """
 
     def __init__(
@@ -46,9 +57,10 @@ class GMMPolicyMixin:
         entropy_kwargs: Optional[Dict[str, Any]] = None,
         state_dependent_std: bool = False,
         log_std_init: float = 0.0,
-        log_std_bounds: Tuple[float, float] = (-7.0, 2.0),
+        log_std_min: float = -5.0,
+        log_std_max: float = 2.0,
         init_mean_spread: float = 0.5,
-        entropy_validate_args: bool = True,
+        entropy_validate_args: Optional[bool] = None,
         use_sde: bool = False,
         **kwargs: Any,
     ):
@@ -59,11 +71,11 @@ class GMMPolicyMixin:
             )
         if not isinstance(action_space, spaces.Box):
             raise ValueError(
-                f"GMM policies need a continuous (Box) action space, got {type(action_space).__name__}; use SB3's "
-                "MlpPolicy for discrete actions"
+                f"action_space must be a continuous gymnasium.spaces.Box for a GMM policy, got "
+                f"{type(action_space).__name__}; use SB3's MlpPolicy for discrete actions"
             )
-        if init_mean_spread < 0:
-            raise ValueError(f"init_mean_spread must be >= 0, got {init_mean_spread}")
+        if not (isinstance(init_mean_spread, (int, float)) and 0 <= init_mean_spread < float("inf")):
+            raise ValueError(f"init_mean_spread must be a finite number >= 0, got {init_mean_spread!r}")
         # ActorCriticPolicy builds the networks inside its constructor: everything _build needs is set first.
         self.gmm_distribution = GMMDistribution(
             get_action_dim(action_space),
@@ -71,29 +83,35 @@ class GMMPolicyMixin:
             entropy_method=entropy_method,
             entropy_kwargs=entropy_kwargs,
             state_dependent_std=state_dependent_std,
-            log_std_bounds=log_std_bounds,
+            log_std_min=log_std_min,
+            log_std_max=log_std_max,
             validate_args=entropy_validate_args,
         )
-        self.init_mean_spread = init_mean_spread
+        self.init_mean_spread = float(init_mean_spread)
         super().__init__(observation_space, action_space, lr_schedule, *args, log_std_init=log_std_init, **kwargs)
 
     @property
     def n_components(self) -> int:
+        """Number of mixture components K."""
         return self.gmm_distribution.n_components
 
     @property
     def entropy_method(self) -> Optional[str]:
+        """The entropy estimator's name (None: the library default)."""
         return self.gmm_distribution.entropy_method
 
     @property
     def entropy_kwargs(self) -> Dict[str, Any]:
+        """Options passed to the entropy estimator."""
         return self.gmm_distribution.entropy_kwargs
 
     def _build(self, lr_schedule: Schedule) -> None:
         self._build_mlp_extractor()
         self.action_dist = self.gmm_distribution
         self.action_net, log_std = self.action_dist.proba_distribution_net(
-            latent_dim=self.mlp_extractor.latent_dim_pi, log_std_init=self.log_std_init
+            latent_dim=self.mlp_extractor.latent_dim_pi,
+            log_std_init=self.log_std_init,
+            init_mean_spread=self.init_mean_spread,
         )
         if log_std is not None:
             self.log_std = log_std
@@ -129,7 +147,8 @@ class GMMPolicyMixin:
             entropy_method=self.gmm_distribution.entropy_method,
             entropy_kwargs=dict(self.gmm_distribution.entropy_kwargs),
             state_dependent_std=self.gmm_distribution.state_dependent_std,
-            log_std_bounds=self.gmm_distribution.log_std_bounds,
+            log_std_min=self.gmm_distribution.log_std_min,
+            log_std_max=self.gmm_distribution.log_std_max,
             init_mean_spread=self.init_mean_spread,
             entropy_validate_args=self.gmm_distribution.validate_args,
         )
@@ -167,5 +186,18 @@ class GMMRecurrentActorCriticPolicy(GMMPolicyMixin, RecurrentActorCriticPolicy):
     """LSTM actor-critic with a Gaussian-mixture head, for sb3-contrib's ``RecurrentPPO``.
 
     RecurrentActorCriticPolicy routes every action path through ``_get_action_dist_from_latent`` and inherits
-    ``_build``, so the mixin's two overrides are all it needs.
+    ``_build``, so the mixin's two overrides are all it needs. Takes RecurrentActorCriticPolicy's LSTM keywords
+    (lstm_hidden_size, n_lstm_layers, shared_lstm, enable_critic_lstm, lstm_kwargs) too.
     """
+
+    def _get_constructor_parameters(self) -> Dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        # RecurrentActorCriticPolicy does not save its LSTM settings; policy.save() / load() need them.
+        data.update(
+            lstm_hidden_size=self.lstm_output_dim,
+            n_lstm_layers=self.lstm_hidden_state_shape[0],
+            shared_lstm=self.shared_lstm,
+            enable_critic_lstm=self.enable_critic_lstm,
+            lstm_kwargs=dict(self.lstm_kwargs),
+        )
+        return data
