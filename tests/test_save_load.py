@@ -1,0 +1,125 @@
+"""Save/load of GMM policies: every policy kwarg survives, deterministic actions are identical, training goes on."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import torch as th
+from sb3_contrib import RecurrentPPO
+from stable_baselines3 import PPO
+
+from sb3_gmm import GMMActorCriticPolicy, GMMRecurrentActorCriticPolicy
+
+SMALL_NET = dict(net_arch=dict(pi=[16], vf=[16]))
+# Every GMM option away from its default, so a forgotten one in _get_constructor_parameters shows up.
+CUSTOM_GMM_KWARGS = dict(
+    n_components=3,
+    entropy_method="qmc",
+    entropy_kwargs=dict(n_points=16),
+    state_dependent_std=True,
+    log_std_init=-0.5,
+    log_std_min=-4.0,
+    log_std_max=1.0,
+    init_mean_spread=0.8,
+    entropy_validate_args=False,
+)
+OBS = np.array([[0.3, -0.2, 0.7], [1.0, 0.0, -1.0], [-0.6, 0.8, 2.5]], dtype=np.float32)
+
+
+def gmm_settings(policy: GMMActorCriticPolicy) -> dict:
+    distribution = policy.action_dist
+    return dict(
+        n_components=policy.n_components,
+        entropy_method=policy.entropy_method,
+        entropy_kwargs=policy.entropy_kwargs,
+        state_dependent_std=distribution.state_dependent_std,
+        log_std_init=policy.log_std_init,
+        log_std_min=distribution.log_std_min,
+        log_std_max=distribution.log_std_max,
+        init_mean_spread=policy.init_mean_spread,
+        entropy_validate_args=distribution.validate_args,
+    )
+
+
+def test_ppo_load_in_a_fresh_process_gives_identical_actions_and_trains_on(tmp_path):
+    model = PPO(
+        GMMActorCriticPolicy,
+        "Pendulum-v1",
+        n_steps=64,
+        batch_size=32,
+        policy_kwargs=dict(**CUSTOM_GMM_KWARGS, **SMALL_NET),
+        seed=0,
+    )
+    model.learn(128)
+    path = tmp_path / "gmm_ppo.zip"
+    model.save(path)
+    np.save(tmp_path / "obs.npy", OBS)
+    expected, _ = model.predict(OBS, deterministic=True)
+    # A fresh interpreter: the policy class must be rebuilt from the saved policy_kwargs and the package import.
+    script = textwrap.dedent(
+        f"""
+        import json
+        import numpy as np
+        import torch as th
+        from stable_baselines3 import PPO
+        model = PPO.load({str(path)!r}, env=None)
+        actions, _ = model.predict(np.load({str(tmp_path / "obs.npy")!r}), deterministic=True)
+        np.save({str(tmp_path / "actions.npy")!r}, actions)
+        policy = model.policy
+        settings = dict(
+            n_components=policy.n_components, entropy_method=policy.entropy_method,
+            entropy_kwargs=policy.entropy_kwargs, state_dependent_std=policy.action_dist.state_dependent_std,
+            log_std_init=policy.log_std_init, log_std_min=policy.action_dist.log_std_min,
+            log_std_max=policy.action_dist.log_std_max, init_mean_spread=policy.init_mean_spread,
+            entropy_validate_args=policy.action_dist.validate_args,
+        )
+        print(json.dumps(dict(cls=type(policy).__name__, settings=settings)))
+        import gymnasium as gym
+        model.set_env(gym.make("Pendulum-v1"))
+        before = policy.action_net.weight.detach().clone()
+        model.learn(128, reset_num_timesteps=False)
+        print(json.dumps(dict(changed=not th.equal(before, policy.action_net.weight), steps=model.num_timesteps)))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    loaded, trained = (json.loads(line) for line in result.stdout.strip().splitlines()[-2:])
+    assert loaded["cls"] == "GMMActorCriticPolicy"
+    assert loaded["settings"] == json.loads(json.dumps(gmm_settings(model.policy)))
+    np.testing.assert_array_equal(np.load(tmp_path / "actions.npy"), expected)
+    assert trained == dict(changed=True, steps=model.num_timesteps + 128)
+
+
+def test_policy_save_and_load_keeps_every_kwarg(tmp_path):
+    model = PPO(GMMActorCriticPolicy, "Pendulum-v1", policy_kwargs=dict(**CUSTOM_GMM_KWARGS, **SMALL_NET), seed=0)
+    path = tmp_path / "policy.pth"
+    model.policy.save(path)
+    loaded = GMMActorCriticPolicy.load(path)
+    assert gmm_settings(loaded) == gmm_settings(model.policy)
+    np.testing.assert_array_equal(
+        loaded.predict(OBS, deterministic=True)[0], model.policy.predict(OBS, deterministic=True)[0]
+    )
+    obs = th.as_tensor(OBS)
+    actions = th.randn(len(OBS), 1)
+    assert th.allclose(loaded.evaluate_actions(obs, actions)[1], model.policy.evaluate_actions(obs, actions)[1])
+
+
+def test_recurrent_policy_save_and_load(tmp_path):
+    policy_kwargs = dict(n_components=2, lstm_hidden_size=8, n_lstm_layers=2, **SMALL_NET)
+    model = RecurrentPPO(GMMRecurrentActorCriticPolicy, "Pendulum-v1", n_steps=32, batch_size=32, seed=0,
+                         policy_kwargs=policy_kwargs)  # fmt: skip
+    model.learn(64)
+    path = tmp_path / "recurrent.zip"
+    model.save(path)
+    loaded = RecurrentPPO.load(path)
+    expected, state = model.predict(OBS, deterministic=True)
+    actions, loaded_state = loaded.predict(OBS, deterministic=True)
+    np.testing.assert_array_equal(actions, expected)
+    np.testing.assert_array_equal(loaded_state[0], state[0])
+    # policy.save() alone must also restore the LSTM settings (RecurrentActorCriticPolicy does not save them).
+    model.policy.save(tmp_path / "recurrent_policy.pth")
+    policy = GMMRecurrentActorCriticPolicy.load(tmp_path / "recurrent_policy.pth")
+    assert policy.lstm_actor.hidden_size == 8 and policy.lstm_actor.num_layers == 2 and policy.n_components == 2
+    np.testing.assert_array_equal(policy.predict(OBS, deterministic=True)[0], expected)
