@@ -1,6 +1,6 @@
 """PPO on Pendulum-v1: SB3's MlpPolicy vs GMMActorCriticPolicy, rl-zoo hyperparameters without gSDE.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.pendulum_ppo                 # 3 seeds x 100k steps, writes docs/pendulum.md
+    OMP_NUM_THREADS=1 nice -n 5 python -m benchmarks.pendulum_ppo     # 3 seeds x 100k steps, writes docs/pendulum.md
     OMP_NUM_THREADS=1 python -m benchmarks.pendulum_ppo --timesteps 20000 --seeds 0 --no-write   # smoke run
 
 Runs are interleaved (seed 0 Gaussian, seed 0 GMM, seed 1 Gaussian, ...) so both policies see the same machine load.
@@ -14,7 +14,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch as th
@@ -34,9 +34,10 @@ ZOO_PENDULUM = dict(
     ent_coef=0.0,
 )  # fmt: skip
 N_ENVS = 4
+GMM_NAME = "GMMActorCriticPolicy (K=4, default entropy)"
 POLICIES: Dict[str, Any] = {
     "MlpPolicy (Gaussian)": ("MlpPolicy", {}),
-    "GMMActorCriticPolicy (K=4, default entropy)": (GMMActorCriticPolicy, dict(n_components=4)),
+    GMM_NAME: (GMMActorCriticPolicy, dict(n_components=4)),
 }
 
 
@@ -51,13 +52,15 @@ def train_and_evaluate(policy: Any, policy_kwargs: Dict[str, Any], seed: int, ti
     return {"return": float(mean_return), "return_std": float(std_return), "wall_s": wall}
 
 
-def main(argv: List[str] = None) -> None:
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--timesteps", type=int, default=100_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--no-write", action="store_true", help="print only, do not write docs/pendulum.md")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     th.set_num_threads(1)
+    run_start = time.perf_counter()
     results: Dict[str, List[Dict[str, float]]] = {name: [] for name in POLICIES}
     for seed in args.seeds:
         for name, (policy, policy_kwargs) in POLICIES.items():
@@ -66,11 +69,14 @@ def main(argv: List[str] = None) -> None:
             print(f"seed {seed} {name}: return {result['return']:.1f} +- {result['return_std']:.1f} "
                   f"({result['wall_s']:.0f} s)", flush=True)  # fmt: skip
 
+    total_minutes = (time.perf_counter() - run_start) / 60
+    command = "OMP_NUM_THREADS=1 nice -n 5 python -m benchmarks.pendulum_ppo" + (" " + " ".join(argv) if argv else "")
     lines = [
         "# PPO on Pendulum-v1: Gaussian vs Gaussian-mixture policy",
         "",
-        f"Produced by `OMP_NUM_THREADS=1 python -m benchmarks.pendulum_ppo` (script `benchmarks/pendulum_ppo.py`) on "
-        f"{datetime.date.today()}, {platform.machine()} 2-core CPU shared with other jobs, torch {th.__version__}.",
+        f"Produced by `{command}` (script `benchmarks/pendulum_ppo.py`) on {datetime.date.today()}, "
+        f"{platform.machine()} 2-core CPU shared with other jobs, torch {th.__version__}; the whole run took "
+        f"{total_minutes:.0f} min.",
         "",
         f"Settings: rl-zoo3's PPO hyperparameters for Pendulum-v1 without gSDE ({ZOO_PENDULUM}, n_envs {N_ENVS}), "
         f"{args.timesteps:,} steps, seeds {args.seeds}; score = mean return of 10 deterministic episodes "
@@ -85,7 +91,14 @@ def main(argv: List[str] = None) -> None:
             f"| {name} | " + " | ".join(f"{value:.1f}" for value in returns)
             + f" | {statistics.median(returns):.1f} | {np.mean([run['wall_s'] for run in runs]):.0f} |"
         )  # fmt: skip
-    lines += ["", "The issue's bar for the GMM policy: median deterministic return >= -250 within 100k steps."]
+    gmm_median = statistics.median(run["return"] for run in results[GMM_NAME])
+    verdict = "meets" if gmm_median >= -250 else "misses"
+    lines += [
+        "",
+        f"The bar for the GMM policy is a median deterministic return >= -250 within 100k steps: it {verdict} it "
+        f"({gmm_median:.1f}). The GMM policy uses the library defaults apart from n_components=4. Wall time is "
+        "training only, mean per run.",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
