@@ -30,6 +30,10 @@ def soft_clamp(values: th.Tensor, low: float, high: float, margin: float = LOG_S
     """
     margin = min(margin, 0.5 * (high - low))
     inner_low, inner_high = low + margin, high - margin
+    # Fast path, exact (value and gradient): in training the log stds sit inside the bounds nearly always, and the
+    # ten recorded ops of the general case cost more than the rest of proba_distribution.
+    if bool(((values >= inner_low) & (values <= inner_high)).all()):
+        return values
     # The clamps keep the unused branch of each where() finite, so its gradient is an exact zero, not NaN.
     above = high - margin * th.exp(-(values - inner_high).clamp(min=0.0) / margin)
     below = low + margin * th.exp(-(inner_low - values).clamp(min=0.0) / margin)
@@ -183,13 +187,15 @@ class GMMDistribution(Distribution):
         means = action_params[..., n_components : n_components * (1 + dim)].reshape(*batch_shape, n_components, dim)
         if self.state_dependent_std:
             raw_log_std = action_params[..., n_components * (1 + dim) :].reshape(*batch_shape, n_components, dim)
+            stds = soft_clamp(raw_log_std, self.log_std_min, self.log_std_max).exp()
         else:
             if log_std is None:
                 raise ValueError("log_std is required when state_dependent_std=False")
-            raw_log_std = log_std.expand(*batch_shape, n_components, dim)
+            # Bound and exponentiate the [K, D] parameter once, then broadcast (expand is a view).
+            stds = soft_clamp(log_std, self.log_std_min, self.log_std_max).exp().expand(*batch_shape, n_components, dim)
         self.logits = logits
         self.means = means
-        self.stds = soft_clamp(raw_log_std, self.log_std_min, self.log_std_max).exp()
+        self.stds = stds
         return self
 
     @property
