@@ -30,9 +30,10 @@ def soft_clamp(values: th.Tensor, low: float, high: float, margin: float = LOG_S
     """
     margin = min(margin, 0.5 * (high - low))
     inner_low, inner_high = low + margin, high - margin
-    # Fast path, exact (value and gradient): in training the log stds sit inside the bounds nearly always, and the
-    # ten recorded ops of the general case cost more than the rest of proba_distribution.
-    if bool(((values >= inner_low) & (values <= inner_high)).all()):
+    # Fast path, exact (value and gradient): in training the log stds sit inside the bounds nearly always, and on
+    # the CPU the ten recorded ops of the general case cost more than the rest of proba_distribution. (On a GPU the
+    # check would force a device sync every call, so the general, asynchronous path is kept there.)
+    if values.device.type == "cpu" and bool(((values >= inner_low) & (values <= inner_high)).all()):
         return values
     # The clamps keep the unused branch of each where() finite, so its gradient is an exact zero, not NaN.
     above = high - margin * th.exp(-(values - inner_high).clamp(min=0.0) / margin)
