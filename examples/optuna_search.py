@@ -1,0 +1,58 @@
+"""Hyperparameter search over n_components, entropy_method and ent_coef with Optuna.
+
+    python examples/optuna_search.py --n-trials 20 --timesteps 50000
+    python examples/optuna_search.py --storage postgresql://user@host/db --study-name gmm   # on several machines
+
+rl-zoo's own ``-optimize`` replaces ``policy_kwargs`` with its own sampled dict and so drops ``n_components``; this
+script searches the GMM options directly. The storage is an Optuna RDB URL (any SQLAlchemy URL): with a shared
+database, several machines running this script with the same ``--study-name`` fill one study.
+"""
+
+import argparse
+
+import optuna
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+
+from sb3_gmm import GMMActorCriticPolicy
+
+ENTROPY_METHODS = ["qmc", "pairwise_bhattacharyya", "component_average", "legendre"]
+
+
+def objective(trial: optuna.Trial, env_id: str, timesteps: int) -> float:
+    n_components = trial.suggest_int("n_components", 1, 8)
+    entropy_method = trial.suggest_categorical("entropy_method", ENTROPY_METHODS)
+    ent_coef = trial.suggest_float("ent_coef", 1e-5, 0.05, log=True)
+    env = make_vec_env(env_id, n_envs=4, seed=trial.number)
+    model = PPO(
+        GMMActorCriticPolicy,
+        env,
+        n_steps=256,
+        batch_size=64,
+        ent_coef=ent_coef,
+        policy_kwargs=dict(n_components=n_components, entropy_method=entropy_method),
+        seed=trial.number,
+    )
+    model.learn(timesteps)
+    mean_return, _ = evaluate_policy(model, make_vec_env(env_id, n_envs=1, seed=10_000 + trial.number), 5)
+    return float(mean_return)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--storage", default="sqlite:///gmm_study.db", help="Optuna RDB URL (SQLAlchemy)")
+    parser.add_argument("--study-name", default="sb3-gmm")
+    parser.add_argument("--n-trials", type=int, default=20)
+    parser.add_argument("--timesteps", type=int, default=50_000)
+    parser.add_argument("--env", default="Pendulum-v1")
+    args = parser.parse_args()
+    study = optuna.create_study(
+        study_name=args.study_name, storage=args.storage, direction="maximize", load_if_exists=True
+    )
+    study.optimize(lambda trial: objective(trial, args.env, args.timesteps), n_trials=args.n_trials)
+    print(f"best return {study.best_value:.1f} with {study.best_params}")
+
+
+if __name__ == "__main__":
+    main()
