@@ -89,7 +89,7 @@ ENV_SETTINGS: Dict[str, EnvSetting] = {
     # The zoo's PPO entry without gSDE (use_sde / sde_sample_freq dropped).
     "Pendulum-v1": EnvSetting(
         short_name="pendulum",
-        timesteps={"quick": 4096, "full": 49152},
+        timesteps={"quick": 4096, "full": 65536},
         ent_coef=0.01,
         n_envs=4,
         ppo_kwargs=dict(
