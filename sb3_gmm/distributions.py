@@ -33,8 +33,10 @@ def soft_clamp(values: th.Tensor, low: float, high: float, margin: float = LOG_S
     # Fast path, exact (value and gradient): in training the log stds sit inside the bounds nearly always, and on
     # the CPU the ten recorded ops of the general case cost more than the rest of proba_distribution. (On a GPU the
     # check would force a device sync every call, so the general, asynchronous path is kept there.)
-    if values.device.type == "cpu" and bool(((values >= inner_low) & (values <= inner_high)).all()):
-        return values
+    if values.device.type == "cpu":
+        smallest, largest = values.detach().aminmax()
+        if inner_low <= float(smallest) and float(largest) <= inner_high:
+            return values
     # The clamps keep the unused branch of each where() finite, so its gradient is an exact zero, not NaN.
     above = high - margin * th.exp(-(values - inner_high).clamp(min=0.0) / margin)
     below = low + margin * th.exp(-(inner_low - values).clamp(min=0.0) / margin)
@@ -131,6 +133,9 @@ class GMMDistribution(Distribution):
         self.logits: Optional[th.Tensor] = None
         self.means: Optional[th.Tensor] = None
         self.stds: Optional[th.Tensor] = None
+        # log stds and stds before broadcasting over the batch ([K, D] when state independent), for log_prob
+        self._log_stds: Optional[th.Tensor] = None
+        self._compact_stds: Optional[th.Tensor] = None
 
     @property
     def n_params(self) -> int:
@@ -188,15 +193,18 @@ class GMMDistribution(Distribution):
         means = action_params[..., n_components : n_components * (1 + dim)].reshape(*batch_shape, n_components, dim)
         if self.state_dependent_std:
             raw_log_std = action_params[..., n_components * (1 + dim) :].reshape(*batch_shape, n_components, dim)
-            stds = soft_clamp(raw_log_std, self.log_std_min, self.log_std_max).exp()
+            log_stds = soft_clamp(raw_log_std, self.log_std_min, self.log_std_max)
         else:
             if log_std is None:
                 raise ValueError("log_std is required when state_dependent_std=False")
-            # Bound and exponentiate the [K, D] parameter once, then broadcast (expand is a view).
-            stds = soft_clamp(log_std, self.log_std_min, self.log_std_max).exp().expand(*batch_shape, n_components, dim)
+            # Bound and exponentiate the [K, D] parameter once; log_prob broadcasts it, stds is an expanded view.
+            log_stds = soft_clamp(log_std, self.log_std_min, self.log_std_max)
+        compact_stds = log_stds.exp()
         self.logits = logits
         self.means = means
-        self.stds = stds
+        self.stds = compact_stds.expand(*batch_shape, n_components, dim)
+        self._log_stds = log_stds
+        self._compact_stds = compact_stds
         return self
 
     @property
@@ -219,7 +227,9 @@ class GMMDistribution(Distribution):
 
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
         """Exact log density of ``actions [B, D]`` under the mixture (logsumexp over components), shape ``[B]``."""
-        return mixture_log_prob(actions, th.log_softmax(self.logits, dim=-1), self.means, self.stds)
+        return mixture_log_prob(
+            actions, th.log_softmax(self.logits, dim=-1), self.means, self._compact_stds, log_stds=self._log_stds
+        )
 
     def entropy(self) -> th.Tensor:
         """Entropy estimate ``[B]`` from :func:`sb3_gmm.entropy.gmm_entropy` with the configured method."""
@@ -236,9 +246,16 @@ class GMMDistribution(Distribution):
         """Draw a component per state from the weights, then a reparameterised Gaussian sample from it.
 
         No gradient flows through the component index; PPO, A2C and TRPO only need ``log_prob`` of the samples.
+        With one component no index is drawn, so the random stream (and the sample) is the plain Gaussian's.
         """
-        components = Categorical(logits=self.logits, validate_args=False).sample()
-        index = components.view(*components.shape, 1, 1).expand(*components.shape, 1, self.action_dim)
+        if self.n_components == 1:
+            means, stds = self.means.squeeze(-2), self.stds.squeeze(-2)
+            return means + stds * th.randn_like(means)
+        batch_shape = self.logits.shape[:-1]
+        # What Categorical(logits).sample() does, without building the distribution (it normalises the logits twice).
+        probs = th.softmax(self.logits.detach(), dim=-1).reshape(-1, self.n_components)
+        components = th.multinomial(probs, 1, replacement=True).view(*batch_shape, 1, 1)
+        index = components.expand(*batch_shape, 1, self.action_dim)
         means = self.means.gather(-2, index).squeeze(-2)
         stds = self.stds.gather(-2, index).squeeze(-2)
         return means + stds * th.randn_like(means)

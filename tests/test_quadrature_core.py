@@ -3,8 +3,9 @@
 import pytest
 import torch as th
 
+from sb3_gmm.entropy import gmm_entropy
 from sb3_gmm.entropy._common import mixture_params
-from sb3_gmm.entropy.quadrature import quadrature_entropy
+from sb3_gmm.entropy.quadrature import NEGLIGIBLE_NODE_WEIGHT, _qmc_rule, gauss_hermite_points, quadrature_entropy
 
 
 @pytest.mark.parametrize("batch_shape", [(), (3,), (2, 3)])
@@ -45,3 +46,43 @@ def test_fused_path_refuses_second_derivatives():
     (grad,) = th.autograd.grad(value, means, create_graph=True)
     with pytest.raises(RuntimeError):
         th.autograd.grad(grad.sum(), means)
+
+
+def test_zero_incoming_gradient_gives_zero_gradients():
+    """PPO with ent_coef = 0 back-propagates an all-zero gradient: the shortcut must give exact zeros."""
+    th.manual_seed(0)
+    logits = th.randn(5, 3, requires_grad=True)
+    means = th.randn(5, 3, 2, requires_grad=True)
+    log_stds = th.zeros(3, 2, requires_grad=True)
+    entropy = gmm_entropy(logits, means, log_stds.exp().expand(5, 3, 2))
+    (0.0 * entropy.mean() + means.sum() + log_stds.sum()).backward()
+    assert th.equal(means.grad, th.ones_like(means))
+    assert th.equal(log_stds.grad, th.ones_like(log_stds))
+    assert logits.grad is None or th.equal(logits.grad, th.zeros_like(logits))
+    # A partly zero gradient still takes the full path and matches autograd through the reference.
+    weights = th.tensor([0.0, 0.0, 1.0, 0.0, 0.0])
+    grads = th.autograd.grad((weights * gmm_entropy(logits, means, log_stds.exp().expand(5, 3, 2))).sum(), means)
+    params = mixture_params(logits, means, log_stds.exp().expand(5, 3, 2))
+    points, point_weights, features = _qmc_rule(3, 2, 64, 0, th.float32, th.device("cpu"))
+    reference = quadrature_entropy(params, points, point_weights, fused=False, features=features)
+    (expected,) = th.autograd.grad((weights * reference).sum(), means)
+    assert th.allclose(grads[0], expected, atol=1e-5)
+    assert th.equal(grads[0][:2], th.zeros_like(grads[0][:2]))
+
+
+def test_one_dimensional_rule_drops_only_negligible_nodes():
+    points, point_weights, _ = _qmc_rule(4, 1, 64, 0, th.float64, th.device("cpu"))
+    full_points, full_weights = gauss_hermite_points(64)
+    assert 20 < points.shape[0] < 64
+    assert abs(float(point_weights.sum()) - 1.0) < 1e-12
+    dropped = full_weights[full_weights <= NEGLIGIBLE_NODE_WEIGHT]
+    assert float(dropped.sum()) < 1e-10
+    # Estimates with and without the dropped nodes agree far below float32 resolution, wide components included.
+    th.manual_seed(1)
+    logits = th.randn(16, 4, dtype=th.float64)
+    means = 3.0 * th.randn(16, 4, 1, dtype=th.float64)
+    stds = th.exp(2.0 * th.randn(16, 4, 1, dtype=th.float64))
+    params = mixture_params(logits, means, stds)
+    pruned = quadrature_entropy(params, points, point_weights)
+    full = quadrature_entropy(params, full_points, full_weights)
+    assert th.allclose(pruned, full, atol=1e-8, rtol=0.0)

@@ -5,7 +5,7 @@ Everything here is pure torch and works on explicit batch shapes: ``logits [...,
 """
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch as th
 
@@ -163,8 +163,20 @@ def pairwise_estimate(params: MixtureParams, log_kernel: th.Tensor) -> th.Tensor
     return weighted_sum(params.log_weights, gaussian_entropies(params.log_stds) - inner)
 
 
-def mixture_log_prob(x: th.Tensor, log_weights: th.Tensor, means: th.Tensor, stds: th.Tensor) -> th.Tensor:
-    """Exact log density of a diagonal GMM: ``x [..., D]`` against parameters with batch shape ``[...]``."""
+def mixture_log_prob(
+    x: th.Tensor, log_weights: th.Tensor, means: th.Tensor, stds: th.Tensor, log_stds: Optional[th.Tensor] = None
+) -> th.Tensor:
+    """Exact log density of a diagonal GMM: ``x [..., D]`` against parameters with batch shape ``[...]``.
+
+    :param x: points ``[..., D]``
+    :param log_weights: normalised log weights ``[..., K]``
+    :param means: component means ``[..., K, D]``
+    :param stds: component stds, ``[..., K, D]`` or anything broadcasting to it (e.g. a shared ``[K, D]``)
+    :param log_stds: ``stds.log()`` when the caller has it
+    """
+    if log_stds is None:
+        log_stds = stds.log()
     scaled = (x.unsqueeze(-2) - means) / stds
-    component_log_probs = -0.5 * scaled.square().sum(-1) - stds.log().sum(-1) - 0.5 * means.shape[-1] * LOG_2PI
-    return th.logsumexp(log_weights + component_log_probs, dim=-1)
+    # The normaliser is computed at the stds' own (possibly unbatched) shape before broadcasting.
+    log_normalisers = log_stds.sum(-1) + 0.5 * means.shape[-1] * LOG_2PI
+    return th.logsumexp(log_weights - log_normalisers - 0.5 * scaled.square().sum(-1), dim=-1)

@@ -21,6 +21,9 @@ import torch as th
 from sb3_gmm.entropy._common import LOG_2PI_E, MixtureParams, gaussian_entropies, pairwise_differences, weighted_sum
 from sb3_gmm.entropy.registry import Option, one_of, optional_seed, positive_int, register
 
+# Gauss-Hermite nodes of lower weight are skipped: even an integrand of 1e3 nats there moves the estimate by < 1e-9.
+NEGLIGIBLE_NODE_WEIGHT = 1e-12
+
 
 def _quadratic_form_coefficients(params: MixtureParams) -> Tuple[th.Tensor, th.Tensor]:
     """Coefficients of ``Delta_ij(eps)``: the constant ``[..., K, K]`` and ``[b, a]`` stacked as ``[..., K, K, 2D]``."""
@@ -50,7 +53,7 @@ def quadrature_entropy(
     :param point_weights: ``[n]`` quadrature weights summing to one
     :param control_variate: keep the exact Gaussian part (True) or average the plain ``-log p`` (False: plain MC)
     :param fused: use the hand-written backward (fast, first derivatives only) instead of autograd through every op
-    :param features: ``cat([points, points^2], -1)`` when the caller has it cached
+    :param features: :func:`point_features` of ``points`` when the caller has it cached
     :return: entropy ``[...]``
     """
     if features is None:
@@ -69,38 +72,59 @@ def quadrature_entropy(
 
 
 def point_features(points: th.Tensor) -> th.Tensor:
-    """``[eps, eps^2]`` per point, ``[..., n, 2D]``: Delta_ij is linear in these."""
-    return th.cat([points, points.square()], dim=-1)
+    """``[eps, eps^2, 1]`` per point, ``[..., n, 2D + 1]``: ``log w_j + Delta_ij`` is linear in these.
+
+    The trailing 1 carries the constant term, so a single matrix product evaluates the whole exponent (and, in the
+    backward, also sums the weights for the constant's gradient) instead of a separate pass over ``[..., K, K, n]``.
+    """
+    return th.cat([points, points.square(), th.ones_like(points[..., :1])], dim=-1)
 
 
 def _autograd_quadrature_entropy(params: MixtureParams, features: th.Tensor, point_weights: th.Tensor) -> th.Tensor:
     """Reference implementation differentiated by autograd (supports higher derivatives; slower)."""
     constant, coefficients = _quadratic_form_coefficients(params)
-    delta = th.matmul(coefficients, features.transpose(-1, -2)) + constant.unsqueeze(-1)  # [..., K(i), K(j), n]
+    dim = params.dim
+    quadratic_features = features[..., : 2 * dim]
+    delta = th.matmul(coefficients, quadratic_features.transpose(-1, -2)) + constant.unsqueeze(-1)  # [.., K, K, n]
     log_mixture_ratio = th.logsumexp(params.log_weights.unsqueeze(-1).unsqueeze(-3) + delta, dim=-2)  # [..., K, n]
     correction = (log_mixture_ratio * point_weights).sum(-1)
     return weighted_sum(params.log_weights, gaussian_entropies(params.log_stds) - correction)
 
 
-def _contract_points(values: th.Tensor, features: th.Tensor, transpose: bool = False) -> th.Tensor:
-    """``[..., K(i), K(j), 2D] x features -> [..., K(i), K(j), n]`` (or back with ``transpose``).
+def _contract_points(values: th.Tensor, features: th.Tensor) -> th.Tensor:
+    """``[..., K(i), K(j), F] x features [.., n, F] -> [..., K(i), K(j), n]``.
 
-    Shared points (``[n, 2D]``) are one plain matrix product; per-component points (``[K, n, 2D]``) go through
+    Shared points (``[n, F]``) are one plain matrix product; per-component points (``[K, n, F]``) go through
     einsum, which batches over ``i`` instead of broadcasting into one tiny product per (batch, i) pair.
     """
     if features.dim() == 2:
-        return values @ features if transpose else values @ features.T
+        return values @ features.T
     if features.dim() == 3:
-        return th.einsum("...ijn,inf->...ijf" if transpose else "...ijf,inf->...ijn", values, features)
-    return th.matmul(values, features) if transpose else th.matmul(values, features.transpose(-1, -2))
+        return th.einsum("...ijf,inf->...ijn", values, features)
+    return th.matmul(values, features.transpose(-1, -2))
+
+
+def _contract_points_back(values: th.Tensor, features: th.Tensor) -> th.Tensor:
+    """The adjoint of :func:`_contract_points`: ``[..., K(i), K(j), n] -> [..., K(i), K(j), F]``.
+
+    For shared points the product is taken as ``features^T @ values^T``: a matrix product with only ``F = 2D + 1``
+    output columns runs several times slower on CPU BLAS than the same product with ``F`` output rows.
+    """
+    if features.dim() == 2:
+        n_points, n_features = features.shape
+        flat = values.reshape(-1, n_points)
+        return (features.T @ flat.T).T.reshape(*values.shape[:-1], n_features)
+    if features.dim() == 3:
+        return th.einsum("...ijn,inf->...ijf", values, features)
+    return th.matmul(values, features)
 
 
 class _FusedQuadratureEntropy(th.autograd.Function):
     """The quadrature estimate with its gradient written out by hand.
 
     Autograd would record ~40 small ops; at RL batch sizes their bookkeeping, not the arithmetic, is the cost. The
-    backward needs one extra matrix product (responsibility-weighted point moments) and elementwise work on
-    ``[..., K, K, D]``. First derivatives only (``once_differentiable``): use ``fused=False`` for higher ones.
+    forward makes four passes over ``[..., K, K, n]`` (product, max, exp, sum), the backward two (scale, product).
+    First derivatives only (``once_differentiable``): use ``fused=False`` for higher ones.
     """
 
     @staticmethod
@@ -111,38 +135,52 @@ class _FusedQuadratureEntropy(th.autograd.Function):
         inv_std_j = inv_stds.unsqueeze(-3)
         scaled_diff = (means.unsqueeze(-2) - means.unsqueeze(-3)) * inv_std_j  # (mu_i - mu_j) / s_j
         std_ratio = stds.unsqueeze(-2) * inv_std_j  # s_i / s_j
-        coefficients = th.cat([-scaled_diff * std_ratio, 0.5 - 0.5 * std_ratio.square()], dim=-1)
         sum_log_stds = log_stds.sum(-1)
-        constant = sum_log_stds.unsqueeze(-1) - sum_log_stds.unsqueeze(-2) - 0.5 * scaled_diff.square().sum(-1)
-        logits_ijn = _contract_points(coefficients, features)
-        logits_ijn += (constant + log_weights.unsqueeze(-2)).unsqueeze(-1)  # log w_j + Delta_ij(eps_n)
-        # logsumexp over j by hand: the exponentials are kept as the responsibilities the backward needs.
-        shift = logits_ijn.amax(-2, keepdim=True)
-        responsibilities = logits_ijn.sub_(shift).exp_()
-        normaliser = responsibilities.sum(-2, keepdim=True)
-        responsibilities /= normaliser
+        # log w_j + Delta_ij's constant term: log s_i - log s_j - |z_ij|^2 / 2 (+ log w_j).
+        constant = (
+            sum_log_stds.unsqueeze(-1)
+            - sum_log_stds.unsqueeze(-2)
+            - 0.5 * scaled_diff.square().sum(-1)
+            + log_weights.unsqueeze(-2)
+        )
+        coefficients = th.cat(
+            [-scaled_diff * std_ratio, 0.5 - 0.5 * std_ratio.square(), constant.unsqueeze(-1)], dim=-1
+        )
+        exponents = _contract_points(coefficients, features)  # log w_j + Delta_ij(eps_n), [..., K(i), K(j), n]
+        # logsumexp over j by hand: the shifted exponentials are kept for the backward's responsibilities.
+        shift = exponents.amax(-2, keepdim=True)
+        exponentials = exponents.sub_(shift).exp_()
+        normaliser = exponentials.sum(-2, keepdim=True)
         log_mixture_ratio = (shift + normaliser.log()).squeeze(-2)  # [..., K(i), n]
         correction = log_mixture_ratio @ point_weights
         weights = log_weights.exp()
         per_component = 0.5 * dim * LOG_2PI_E + sum_log_stds - correction
         ctx.save_for_backward(
-            responsibilities, weights, per_component, scaled_diff, std_ratio, inv_stds, features, point_weights
+            exponentials, normaliser, weights, per_component, scaled_diff, std_ratio, inv_stds, features, point_weights
         )
         return (weights * per_component).sum(-1)
 
     @staticmethod
     @th.autograd.function.once_differentiable
     def backward(ctx, grad_output):  # type: ignore[override]
-        responsibilities, weights, per_component, scaled_diff, std_ratio, inv_stds, features, point_weights = (
+        # PPO / A2C with ent_coef = 0 still back-propagate through the entropy, with an all-zero gradient. On the CPU
+        # a check is cheap (no device sync) and skips all the work below; the inputs then get zero gradients.
+        if grad_output.device.type == "cpu" and not bool(grad_output.any()):
+            return None, None, None, None, None
+        exponentials, normaliser, weights, per_component, scaled_diff, std_ratio, inv_stds, features, point_weights = (
             ctx.saved_tensors
         )
         dim = scaled_diff.shape[-1]
         grad = grad_output.unsqueeze(-1)
-        weighted = responsibilities * (point_weights * (grad * weights).unsqueeze(-1)).unsqueeze(-2)  # W_ijn
-        # Derivative of the output w.r.t. the constant, linear and quadratic coefficients of Delta_ij: -W summed.
-        grad_constant = -weighted.sum(-1)  # [..., K(i), K(j)]
-        grad_coefficients = -_contract_points(weighted, features, transpose=True)  # [..., K(i), K(j), 2D]
-        grad_linear, grad_quadratic = grad_coefficients[..., :dim], grad_coefficients[..., dim:]
+        # W_ijn = g w_i v_n r_ijn with responsibilities r = exponentials / normaliser: the division is folded into
+        # the small [..., K(i), 1, n] factor, so the big tensor is touched once.
+        point_scale = (point_weights * (grad * weights).unsqueeze(-1)).unsqueeze(-2) / normaliser
+        weighted = exponentials * point_scale
+        # Derivative of the output w.r.t. the linear, quadratic and constant coefficients of Delta_ij: -W contracted.
+        grad_coefficients = _contract_points_back(weighted, features)  # [..., K(i), K(j), 2D + 1], sign flipped
+        grad_linear = -grad_coefficients[..., :dim]
+        grad_quadratic = -grad_coefficients[..., dim : 2 * dim]
+        grad_constant = -grad_coefficients[..., 2 * dim]  # [..., K(i), K(j)]
         grad_log_weights = grad * weights * per_component + grad_constant.sum(-2)
         # Chain rule through scaled_diff z = (mu_i - mu_j) / s_j and std_ratio r = s_i / s_j.
         grad_scaled = -grad_constant.unsqueeze(-1) * scaled_diff - grad_linear * std_ratio
@@ -251,10 +289,15 @@ def _qmc_rule(
     """Points, weights and features of the qmc rule, converted once per dtype/device (they are constants).
 
     In one dimension the n-node Gauss-Hermite rule replaces Sobol: it is exact for polynomials up to degree 2n - 1,
-    and measured on the gradient it was the difference between a cosine of 0.987 and 1.000.
+    and measured on the gradient it was the difference between a cosine of 0.987 and 1.000. Its nodes of negligible
+    weight are dropped (``NEGLIGIBLE_NODE_WEIGHT``), so ``n_points`` counts the rule's nodes, not those evaluated.
     """
     if dim == 1:
         points, weights = gauss_hermite_points(n_points)
+        # Far-tail nodes carry weights below 1e-12 (28 of 64 nodes at n = 64): their contribution is far below
+        # float32 resolution, so they are dropped rather than evaluated.
+        kept = weights > NEGLIGIBLE_NODE_WEIGHT
+        points, weights = points[kept], weights[kept] / weights[kept].sum()
     else:
         points = sobol_points(n_components, dim, n_points, seed)
         weights = th.full((n_points,), 1.0 / n_points, dtype=th.float64)
