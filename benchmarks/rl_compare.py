@@ -165,7 +165,11 @@ class RunResult:
 
 
 def build_grid(
-    env_ids: Tuple[str, ...], budget: str, seeds: Tuple[int, ...], components: Tuple[int, ...]
+    env_ids: Tuple[str, ...],
+    budget: str,
+    seeds: Tuple[int, ...],
+    components: Tuple[int, ...],
+    treatments: Tuple[str, ...] = ENTROPY_TREATMENTS,
 ) -> List[RunSpec]:
     """Every run of the grid, cheapest environments first."""
     specs = []
@@ -183,7 +187,7 @@ def build_grid(
                             RunSpec(env_id, f"gmm-K{n_components}", n_components, "any", ent_coef, seed, steps)
                         )
                         continue
-                    for entropy in ENTROPY_TREATMENTS:
+                    for entropy in treatments:
                         variant = f"gmm-K{n_components}-{entropy}"
                         specs.append(RunSpec(env_id, variant, n_components, entropy, ent_coef, seed, steps))
     return specs
@@ -568,22 +572,44 @@ def machine_description() -> str:
     return describe()
 
 
+def figure_links(paths: List[Path], page: Path) -> str:
+    import os.path
+
+    links = [f"[{path.stem}]({os.path.relpath(path, page.parent)})" for path in paths]
+    return "Learning curves and action densities: " + ", ".join(links) + "."
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=("quick", "full"), default="quick")
     parser.add_argument("--envs", nargs="+", default=list(DEFAULT_ENVS), choices=list(ENV_SETTINGS))
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (full), 0 (quick)")
     parser.add_argument("--components", type=int, nargs="*", default=[2, 4])
+    parser.add_argument(
+        "--treatments",
+        nargs="+",
+        default=list(ENTROPY_TREATMENTS),
+        choices=list(ENTROPY_TREATMENTS),
+        help="entropy treatments of the GMM runs with a positive ent_coef (a smaller grid for costly envs)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/rl_compare/<budget>)")
     parser.add_argument("--figures", type=Path, default=REPO_ROOT / "docs" / "figures")
     parser.add_argument("--report", action="store_true", help="only build the table and figures from finished runs")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    parser.add_argument(
+        "--write",
+        nargs="?",
+        type=Path,
+        const=REPO_ROOT / "docs" / "rl_results.md",
+        default=None,
+        help="rewrite the generated block of this page (default docs/rl_results.md) from all finished runs",
+    )
     args = parser.parse_args(argv)
 
     seeds = tuple(args.seeds) if args.seeds else ((0, 1, 2) if args.budget == "full" else (0,))
     out_dir = args.out or REPO_ROOT / "runs" / "rl_compare" / args.budget
-    specs = build_grid(tuple(args.envs), args.budget, seeds, tuple(args.components))
+    specs = build_grid(tuple(args.envs), args.budget, seeds, tuple(args.components), tuple(args.treatments))
     if args.dry_run:
         for spec in specs:
             print(spec.key, spec.timesteps)
@@ -593,15 +619,42 @@ def main(argv: Optional[List[str]] = None) -> None:
         run_grid(specs, out_dir, args.workers)
     results = load_results(out_dir)
     failed = sorted(path.stem for path in out_dir.glob("*.failed") if not path.with_suffix(".json").exists())
-    print(results_table(results))
-    if BANDIT_ID in args.envs:
-        print("\nTwoPeakBandit, one step, entropy-regularised optimum:")
-        print(bandit_regularised_optimum())
+    output = [results_table(results)]
+    if any(r["spec"]["env_id"] == BANDIT_ID for r in results):
+        output += ["", "TwoPeakBandit, one step, entropy-regularised optimum:", "", bandit_regularised_optimum()]
     if failed:
-        print("failed runs:", ", ".join(failed))
-    for path in plot_curves(results, args.figures, args.budget):
+        output += ["", "failed runs: " + ", ".join(failed)]
+    print("\n".join(output))
+    figures = plot_curves(results, args.figures, args.budget)
+    for path in figures:
         print("wrote", path)
     print("machine:", machine_description())
+    if args.write:
+        from benchmarks._report import provenance, write_generated
+
+        command = ["python", "benchmarks/rl_compare.py", *(argv if argv is not None else sys.argv[1:])]
+        minutes = sum(r["wall_seconds"] for r in results) / 60
+        shown_dir = out_dir.relative_to(REPO_ROOT) if out_dir.is_relative_to(REPO_ROOT) else out_dir
+        steps = ", ".join(
+            f"{setting.short_name} {setting.timesteps[args.budget]:,}"
+            for env_id, setting in ENV_SETTINGS.items()
+            if any(r["spec"]["env_id"] == env_id for r in results)
+        )
+        body = "\n".join(
+            [
+                provenance(command, machine_description(), minutes).replace(
+                    "wall time", "sum of the runs' wall times (1 thread each)"
+                ),
+                f"Every finished run in `{shown_dir}` is in the table: median [min, max] over seeds of the final "
+                f"evaluation return. Steps per run: {steps}.",
+                "",
+                *output,
+                "",
+                figure_links(figures, args.write),
+            ]
+        )
+        write_generated(args.write, "benchmarks/rl_compare.py", body, "RL comparison")
+        print("wrote", args.write)
 
 
 if __name__ == "__main__":
