@@ -265,3 +265,20 @@ def test_mode_handles_extra_batch_dimensions():
     dist.proba_distribution(params.view(2, 3, -1), log_std)
     assert dist.mode().shape == (2, 3, 2)
     assert th.allclose(dist.mode().view(6, 2), flat_mode)
+
+
+def test_component_frequencies_match_the_weights_per_state():
+    """Gumbel-max component draws: per state, the share of each (well separated) component is its weight (4 SE)."""
+    th.manual_seed(2)
+    n_components, n_draws = 4, 20000
+    logits = th.tensor([[0.0, 1.0, -1.0, 0.5], [2.0, -2.0, 0.0, 0.0]])
+    means = th.tensor([-30.0, -10.0, 10.0, 30.0]).view(1, n_components, 1).expand(2, -1, -1)
+    dist = GMMDistribution(1, n_components=n_components)
+    dist.proba_distribution(th.cat([logits, means.reshape(2, -1)], -1), th.zeros(n_components, 1))
+    samples = th.stack([dist.sample() for _ in range(n_draws)])  # [n_draws, 2, 1]
+    nearest = (samples - means[0, :, 0]).abs().argmin(-1)  # [n_draws, 2]
+    for state in range(2):
+        weights = th.softmax(logits[state], -1)
+        shares = th.bincount(nearest[:, state], minlength=n_components).double() / n_draws
+        standard_errors = (weights * (1 - weights) / n_draws).sqrt()
+        assert ((shares - weights).abs() < 4 * standard_errors).all(), (shares, weights)

@@ -195,3 +195,17 @@ def test_validation_does_not_change_valid_results():
         checked = gmm_entropy(logits, means, stds, method=method)
         unchecked = gmm_entropy(logits, means, stds, method=method, validate_args=False)
         assert th.equal(checked, unchecked), method
+
+
+@pytest.mark.parametrize("method", ["qmc", "component_average", "pairwise_kl"])
+def test_mixture_entropy_equals_gmm_entropy_and_validates(method):
+    from sb3_gmm.entropy import MixtureParams, gmm_entropy, mixture_entropy
+
+    th.manual_seed(0)
+    logits, means, stds = th.randn(5, 3), th.randn(5, 3, 2), th.rand(5, 3, 2) + 0.2
+    params = MixtureParams(th.log_softmax(logits, -1), means, stds, stds.log())
+    assert th.allclose(mixture_entropy(params, method=method), gmm_entropy(logits, means, stds, method=method))
+    with pytest.raises(ValueError, match="means"):
+        mixture_entropy(params._replace(means=means.clone().fill_(float("nan"))), method=method)
+    with pytest.raises(ValueError, match="log_stds"):
+        mixture_entropy(params._replace(log_stds=stds.log()[0]), method=method)

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch as th
 
 from sb3_gmm.entropy import bounds, huber_taylor, quadrature, series  # noqa: F401  (registers the estimators)
-from sb3_gmm.entropy._common import check_mixture_args, mixture_log_prob, mixture_params
+from sb3_gmm.entropy._common import MixtureParams, check_mixture_args, mixture_log_prob, mixture_params
 from sb3_gmm.entropy.registry import ESTIMATORS, EstimatorInfo, Option
 
 DEFAULT_METHOD = "qmc"  # 64 points per component; see docs/entropy_accuracy.md for why
@@ -61,13 +61,40 @@ def gmm_entropy(
     return estimator.fn(mixture_params(logits, means, stds), **resolved)
 
 
+def mixture_entropy(
+    params: MixtureParams, method: Optional[str] = None, validate_args: Optional[bool] = None, **options: Any
+) -> th.Tensor:
+    """:func:`gmm_entropy` for parameters already prepared as :class:`MixtureParams`.
+
+    For callers that also need the normalised log weights and log stds themselves (a policy computing log_prob
+    and entropy of one batch): they are computed once and shared instead of again per call.
+
+    :param params: ``MixtureParams(log_weights, means, stds, log_stds)`` with ``log_weights`` normalised
+    :param method: a name from :data:`ESTIMATORS`; None selects the library default
+    :param validate_args: check shapes and values (None follows :func:`set_validate_args`)
+    :param options: the method's options
+    """
+    estimator = get_estimator(method)
+    resolved = estimator.resolve_options(options)
+    if _validate_args if validate_args is None else validate_args:
+        check_mixture_args(params.log_weights, params.means, params.stds)
+        if params.log_stds.shape != params.stds.shape:
+            raise ValueError(
+                f"params.log_stds must have the shape of params.stds {tuple(params.stds.shape)}, "
+                f"got {tuple(params.log_stds.shape)}"
+            )
+    return estimator.fn(params, **resolved)
+
+
 __all__ = [
     "DEFAULT_METHOD",
     "ESTIMATORS",
     "EstimatorInfo",
+    "MixtureParams",
     "Option",
     "get_estimator",
     "gmm_entropy",
+    "mixture_entropy",
     "mixture_log_prob",
     "set_validate_args",
 ]
