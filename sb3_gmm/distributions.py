@@ -33,6 +33,8 @@ def soft_clamp(values: th.Tensor, low: float, high: float, margin: float = LOG_S
     # Fast path, exact (value and gradient): in training the log stds sit inside the bounds nearly always, and on
     # the CPU the ten recorded ops of the general case cost more than the rest of proba_distribution. (On a GPU the
     # check would force a device sync every call, so the general, asynchronous path is kept there.)
+    if values.numel() == 0:
+        return values
     if values.device.type == "cpu":
         smallest, largest = values.detach().aminmax()
         if inner_low <= float(smallest) and float(largest) <= inner_high:

@@ -282,3 +282,11 @@ def test_component_frequencies_match_the_weights_per_state():
         shares = th.bincount(nearest[:, state], minlength=n_components).double() / n_draws
         standard_errors = (weights * (1 - weights) / n_draws).sqrt()
         assert ((shares - weights).abs() < 4 * standard_errors).all(), (shares, weights)
+
+
+@pytest.mark.parametrize("state_dependent_std", [False, True])
+def test_empty_batch_gives_empty_results(state_dependent_std):
+    dist = GMMDistribution(2, n_components=3, state_dependent_std=state_dependent_std)
+    dist.proba_distribution(th.zeros(0, dist.n_params), None if state_dependent_std else th.zeros(3, 2))
+    assert dist.sample().shape == (0, 2) and dist.mode().shape == (0, 2)
+    assert dist.log_prob(th.zeros(0, 2)).shape == (0,) and dist.entropy().shape == (0,)
