@@ -36,17 +36,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+# "default" plus every registered estimator, cheapest family first.
 METHODS = (
     "default",
     "component_average",
+    "huber_upper",
+    "moment_matched",
     "pairwise_bhattacharyya",
+    "pairwise_chernoff",
     "pairwise_kl",
     "huber_lower",
     "huber_taylor",
-    "legendre",
-    "taylor",
     "qmc",
     "sigma_points",
+    "monte_carlo",
+    "taylor",
+    "taylor_limit",
+    "legendre",
 )
 PPO_SETTINGS: Dict[str, Any] = dict(
     n_steps=1024, batch_size=64, n_epochs=10, gamma=0.9, gae_lambda=0.95, learning_rate=1e-3, clip_range=0.2

@@ -30,3 +30,10 @@ def test_throughput_script_writes_its_table(tmp_path):
     row = json.loads(raw.read_text())["summary"]["rows"]["K2-default-ent0"]
     assert row["n"] == 1 and 0.0 < row["ratio_median"] < 10.0
     assert f"{row['ratio_median']:.2f}" in text
+
+
+def test_throughput_covers_every_registered_estimator():
+    from benchmarks.throughput import METHODS
+    from sb3_gmm.entropy import ESTIMATORS
+
+    assert set(METHODS) == {"default", *ESTIMATORS}
