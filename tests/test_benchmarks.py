@@ -1,6 +1,7 @@
 """The benchmark scripts write their own numbers into the docs (only inside their generated block)."""
 
 import json
+import math
 
 from benchmarks._report import begin_marker, end_marker, write_generated
 
@@ -37,3 +38,31 @@ def test_throughput_covers_every_registered_estimator():
     from sb3_gmm.entropy import ESTIMATORS
 
     assert set(METHODS) == {"default", *ESTIMATORS}
+
+
+def test_rl_compare_runs_a_small_grid_and_writes_its_page(tmp_path):
+    """End to end on the bandit: 4 short runs, then the table, figures and the generated block of the page."""
+    from benchmarks import rl_compare
+
+    page, figures, runs = tmp_path / "rl_results.md", tmp_path / "figures", tmp_path / "runs"
+    page.write_text("# RL\n\nHand-written reading.\n")
+    rl_compare.main(
+        ["--budget", "quick", "--envs", "sb3_gmm/TwoPeakBandit-v0", "--seeds", "0", "--components", "2",
+         "--treatments", "default", "--workers", "1", "--out", str(runs), "--figures", str(figures),
+         "--write", str(page)]
+    )  # fmt: skip
+    results = sorted(path.stem for path in runs.glob("*.json"))
+    assert results == [
+        "bandit__gaussian__ent0.01__s0",
+        "bandit__gaussian__ent0__s0",
+        "bandit__gmm-K2-default__ent0.01__s0",
+        "bandit__gmm-K2__ent0__s0",
+    ]
+    for name in results:
+        result = json.loads((runs / f"{name}.json").read_text())
+        # returns are finite and never above the documented optimum 5.0 (the valley penalty can make them negative)
+        assert result["curve_returns"] and math.isfinite(result["deterministic_return"])
+        assert max(result["curve_returns"]) <= 5.0 + 1e-6 and result["deterministic_return"] <= 5.0 + 1e-6
+    text = page.read_text()
+    assert "Hand-written reading." in text and "| bandit | 0.01 | gmm-K2-default | 1 |" in text
+    assert (figures / "rl_bandit.png").stat().st_size > 0 and "figures/rl_bandit.png" in text
