@@ -20,7 +20,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ if __package__ in (None, ""):
     # Allow `python benchmarks/entropy_accuracy.py` as well as `python -m benchmarks.entropy_accuracy`.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._report import git_commit as report_git_commit  # noqa: E402
 from benchmarks._suite import (  # noqa: E402
     COMPONENTS,
     DIMS,
@@ -459,20 +459,6 @@ def _fmt_cos(value: float) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
-def _git_commit() -> str:
-    """Short commit hash, flagged when sb3_gmm/ has uncommitted changes (the numbers then describe the work tree)."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "sb3_gmm"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{commit} + uncommitted changes in sb3_gmm/" if dirty else commit
-
-
 def plot_error_vs_dim(summaries: List[Dict[str, Any]], dims: Sequence[int], truth: Dict[str, Any], path: Path) -> None:
     """Max abs error per D, one panel per family (hollow markers: some cases at that D were refused)."""
     import matplotlib
@@ -865,7 +851,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         or args.truth_samples or args.no_timing_grid or args.dtype != "float32" or args.seed != 0
     )
 
-    git_commit = _git_commit()  # before the run: the library may change while it runs
+    git_commit = report_git_commit()  # before the run: the library may change while it runs
     cases = make_suite(args.dims, args.components, seed=args.seed, quick=args.quick)
     variants = build_variants(args.methods)
     print(f"{len(cases)} cases, {len(variants)} variants, truth {truth_samples} x 2 samples per component", flush=True)
