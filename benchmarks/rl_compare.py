@@ -573,8 +573,6 @@ def machine_description() -> str:
 
 
 def figure_links(paths: List[Path], page: Path) -> str:
-    import os.path
-
     links = [f"[{path.stem}]({os.path.relpath(path, page.parent)})" for path in paths]
     return "Learning curves and action densities: " + ", ".join(links) + "."
 
@@ -642,9 +640,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         )
         body = "\n".join(
             [
-                provenance(command, machine_description(), minutes).replace(
-                    "wall time", "sum of the runs' wall times (1 thread each)"
-                ),
+                provenance(command, machine_description(), minutes, "sum of the runs' wall times (1 thread each)"),
                 f"Every finished run in `{shown_dir}` is in the table: median [min, max] over seeds of the final "
                 f"evaluation return. Steps per run: {steps}.",
                 "",

@@ -315,6 +315,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         "",
     ]
     print("\n".join(output), flush=True)
+    already_printed = len(output)
     records, baselines = measure(
         args.components, args.methods, args.repeats, args.steps, args.too_slow, list(args.ent_coefs)
     )
@@ -330,7 +331,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                 f"target >= {TARGET_RATIO} {verdict}"
             )
     minutes = (time.perf_counter() - start) / 60
-    print("\n".join(output[4:]))
+    print("\n".join(output[already_printed:]))
     print(f"machine: {machine_description()}; wall time {minutes:.1f} min")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

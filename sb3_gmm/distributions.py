@@ -33,9 +33,8 @@ def soft_clamp(values: th.Tensor, low: float, high: float, margin: float = LOG_S
     # Fast path, exact (value and gradient): in training the log stds sit inside the bounds nearly always, and on
     # the CPU the ten recorded ops of the general case cost more than the rest of proba_distribution. (On a GPU the
     # check would force a device sync every call, so the general, asynchronous path is kept there.)
-    if values.numel() == 0:
-        return values
-    if values.device.type == "cpu":
+    # (aminmax has no identity, so an empty tensor takes the general path, which returns it unchanged.)
+    if values.device.type == "cpu" and values.numel() > 0:
         smallest, largest = values.detach().aminmax()
         if inner_low <= float(smallest) and float(largest) <= inner_high:
             return values
