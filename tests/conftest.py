@@ -1,5 +1,21 @@
-"""Shared test setup: one torch thread per test process (the machine has 2 cores and tests run with -n 2)."""
+"""Shared test setup.
 
+- One torch thread per test process (the machine has 2 cores and tests run with -n 2).
+- Every test starts from the same global random state, so a result never depends on which tests ran before it in
+  the same worker (pytest-xdist hands tests to workers in a different order on every run).
+"""
+
+import random
+
+import numpy as np
+import pytest
 import torch as th
 
 th.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _fixed_global_seed() -> None:
+    random.seed(0)
+    np.random.seed(0)
+    th.manual_seed(0)
