@@ -67,8 +67,14 @@ OPTION_VARIANTS: Dict[str, List[Dict[str, Any]]] = {
     "taylor": [{"order": 2}, {"order": 4}, {"order": 8}],
     "legendre": [{"order": 4}, {"order": 6}, {"order": 8}, {"order": 12}],
     "huber_taylor": [{"order": 0}, {"order": 2}, {"order": 4}],
-    "qmc": [{"n_points": 16}, {"n_points": 32}, {"n_points": 64}, {"n_points": 256}],
-    "sigma_points": [{"degree": 3}, {"degree": 5}],
+    "qmc": [
+        {"n_points": 16},
+        {"n_points": 32},
+        {"n_points": 64},
+        {"n_points": 256},
+        {"integrand": "log_responsibility"},
+    ],
+    "sigma_points": [{"degree": 3}, {"degree": 5}, {"integrand": "log_responsibility"}],
     "monte_carlo": [{"n_samples": 64}],
 }
 FAMILIES: Dict[str, str] = {
@@ -208,8 +214,10 @@ def compute_truths(
     for index, case in enumerate(cases):
         truths[case.name] = ground_truth(case, samples_per_component=samples_per_component, n_replicates=2, seed=seed)
         if index == len(cases) - 1 or cases[index + 1].dim != case.dim:
-            print(f"truth: D={case.dim} done ({index + 1}/{len(cases)} cases, {time.perf_counter() - start:.0f} s)",
-                  flush=True)
+            print(
+                f"truth: D={case.dim} done ({index + 1}/{len(cases)} cases, {time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         th.save({"key": key, "truths": {name: vars(truth) for name, truth in truths.items()}}, cache)
@@ -485,8 +493,14 @@ def plot_error_vs_dim(summaries: List[Dict[str, Any]], dims: Sequence[int], trut
             line = panel.plot(xs, ys, marker=markers[index % len(markers)], label=summary["label"], linewidth=1.5)[0]
             for x, y, partial in zip(xs, ys, refused):
                 if partial:
-                    panel.plot([x], [y], marker=markers[index % len(markers)], markersize=9, markerfacecolor="white",
-                               color=line.get_color())
+                    panel.plot(
+                        [x],
+                        [y],
+                        marker=markers[index % len(markers)],
+                        markersize=9,
+                        markerfacecolor="white",
+                        color=line.get_color(),
+                    )
         panel.axhline(BAR_MAX_ERROR, color="black", linestyle="--", linewidth=1)
         panel.axhline(truth["max_standard_error"], color="grey", linestyle=":", linewidth=1)
         panel.set_xscale("log")
@@ -500,11 +514,12 @@ def plot_error_vs_dim(summaries: List[Dict[str, Any]], dims: Sequence[int], trut
         panel.grid(True, which="major", alpha=0.3)
         panel.set_ylim(top=max(panel.get_ylim()[1], 1e4))  # headroom so the legend never hides a line
         panel.legend(fontsize=8, loc="upper left", ncol=2)
-    for panel in list(axes.flat)[len(families):]:
+    for panel in list(axes.flat)[len(families) :]:
         panel.axis("off")
     figure.suptitle(
         f"Entropy error vs dimension (dashed: {BAR_MAX_ERROR} nat bar; dotted: max truth SE; "
-        "hollow: some cases refused)", fontsize=11
+        "hollow: some cases refused)",
+        fontsize=11,
     )
     figure.tight_layout(rect=(0, 0, 1, 0.98))
     figure.savefig(path, dpi=110)
@@ -518,9 +533,20 @@ def _place_labels(figure: Any, axis: Any, points: List[Tuple[float, float, str, 
     for x, y, _, _ in points:
         centre = axis.transData.transform((x, y))
         marker_boxes.append((centre[0] - 5, centre[1] - 5, centre[0] + 5, centre[1] + 5))
-    candidates = [(6, -3, "left"), (6, 7, "left"), (6, -13, "left"), (-6, -3, "right"), (-6, 7, "right"),
-                  (-6, -13, "right"), (6, 17, "left"), (6, -23, "left"), (-6, 17, "right"), (-6, -23, "right"),
-                  (6, 27, "left"), (6, -33, "left")]
+    candidates = [
+        (6, -3, "left"),
+        (6, 7, "left"),
+        (6, -13, "left"),
+        (-6, -3, "right"),
+        (-6, 7, "right"),
+        (-6, -13, "right"),
+        (6, 17, "left"),
+        (6, -23, "left"),
+        (-6, 17, "right"),
+        (-6, -23, "right"),
+        (6, 27, "left"),
+        (6, -33, "left"),
+    ]
     placed: List[Tuple[float, float, float, float]] = []
 
     def overlap(box: Tuple[float, float, float, float], other: Tuple[float, float, float, float]) -> float:
@@ -531,8 +557,16 @@ def _place_labels(figure: Any, axis: Any, points: List[Tuple[float, float, str, 
     for x, y, label, family in sorted(points, key=lambda p: (-p[1], p[0])):
         best = None
         for dx, dy, align in candidates:
-            annotation = axis.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7.5,
-                                       color=colours[family], ha=align, va="bottom")
+            annotation = axis.annotate(
+                label,
+                (x, y),
+                textcoords="offset points",
+                xytext=(dx, dy),
+                fontsize=7.5,
+                color=colours[family],
+                ha=align,
+                va="bottom",
+            )
             extent = annotation.get_window_extent(renderer)
             box = (extent.x0, extent.y0, extent.x1, extent.y1)
             own = axis.transData.transform((x, y))
@@ -566,8 +600,15 @@ def plot_pareto(summaries: List[Dict[str, Any]], headline: Tuple[int, int], batc
             continue
         y = max(y, ERROR_FLOOR)
         partial = summary["n_refused"] > 0
-        axis.scatter([x], [y], s=45, color="white" if partial else colours[summary["family"]],
-                     edgecolors=colours[summary["family"]], linewidths=1.5, zorder=3)
+        axis.scatter(
+            [x],
+            [y],
+            s=45,
+            color="white" if partial else colours[summary["family"]],
+            edgecolors=colours[summary["family"]],
+            linewidths=1.5,
+            zorder=3,
+        )
         points.append((x, y, summary["label"], summary["family"]))
     axis.set_xscale("log")
     axis.set_yscale("log")
@@ -711,7 +752,8 @@ def write_markdown(
         f"{', '.join(f'`{p}`' for p in accurate) or 'none'}.",
         "",
         "Worst case per variant (largest abs err): "
-        + "; ".join(f"`{s['label']}`: {s['worst_case']}" for s in summaries if s["worst_case"]) + ".",
+        + "; ".join(f"`{s['label']}`: {s['worst_case']}" for s in summaries if s["worst_case"])
+        + ".",
         "",
         "Worst case per variant (smallest grad cos): "
         + "; ".join(f"`{s['label']}`: {s['worst_gradient_case']}" for s in summaries if s["worst_gradient_case"])
@@ -784,8 +826,12 @@ def write_markdown(
         ]
         log_prob_cells = []
         for dim in grid_dims:
-            times = [t.log_prob_ms for r in reports for t in r.timings
-                     if (t.batch_size, t.n_components, t.dim) == (small, n_components, dim) and t.refused is None]
+            times = [
+                t.log_prob_ms
+                for r in reports
+                for t in r.timings
+                if (t.batch_size, t.n_components, t.dim) == (small, n_components, dim) and t.refused is None
+            ]
             log_prob_cells.append(f"{statistics.median(times):.3f} ms" if times else "-")
         lines.append("| *log_prob itself* | " + " | ".join(log_prob_cells) + " |")
         for report in reports:
@@ -818,20 +864,29 @@ def _int_list(text: str) -> List[int]:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: few cases, fewer samples and repeats")
-    parser.add_argument("--methods", type=lambda s: [p.strip() for p in s.split(",") if p.strip()], default=None,
-                        help="comma-separated method names or variant labels (default: all)")
+    parser.add_argument(
+        "--methods",
+        type=lambda s: [p.strip() for p in s.split(",") if p.strip()],
+        default=None,
+        help="comma-separated method names or variant labels (default: all)",
+    )
     parser.add_argument("--dims", type=_int_list, default=list(DIMS), help="comma-separated D values")
     parser.add_argument("--components", type=_int_list, default=list(COMPONENTS), help="comma-separated K values")
     parser.add_argument("--seed", type=int, default=0, help="suite seed")
     parser.add_argument("--truth-seed", type=int, default=12345, help="seed of the Monte Carlo truth")
-    parser.add_argument("--truth-samples", type=int, default=None,
-                        help="samples per component per replicate (default 2^16, quick 2^13)")
+    parser.add_argument(
+        "--truth-samples", type=int, default=None, help="samples per component per replicate (default 2^16, quick 2^13)"
+    )
     parser.add_argument("--truth-cache", type=Path, default=None, help="reuse / store the truth in this .pt file")
     parser.add_argument("--repeats", type=int, default=None, help="timing repeats (default 21, quick 5)")
     parser.add_argument("--no-timing-grid", action="store_true", help="time only the headline (K, D)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="estimator input dtype")
-    parser.add_argument("--output-dir", type=Path, default=None,
-                        help="where the .md/.json go (default docs/, quick: /tmp/sb3_gmm_entropy_quick)")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where the .md/.json go (default docs/, quick: /tmp/sb3_gmm_entropy_quick)",
+    )
     return parser.parse_args(argv)
 
 
@@ -847,8 +902,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     headline = (4, 6)
     grid_batch_size, large_batch_size = 64, 2048
     restricted = bool(
-        args.quick or args.methods or list(args.dims) != list(DIMS) or list(args.components) != list(COMPONENTS)
-        or args.truth_samples or args.no_timing_grid or args.dtype != "float32" or args.seed != 0
+        args.quick
+        or args.methods
+        or list(args.dims) != list(DIMS)
+        or list(args.components) != list(COMPONENTS)
+        or args.truth_samples
+        or args.no_timing_grid
+        or args.dtype != "float32"
+        or args.seed != 0
     )
 
     git_commit = report_git_commit()  # before the run: the library may change while it runs
@@ -858,8 +919,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     run_start = time.perf_counter()
     truths = compute_truths(cases, truth_samples, args.truth_seed, args.truth_cache)
     truth = truth_summary(cases, truths)
-    print(f"truth: max SE {truth['max_standard_error']:.2e}, median {truth['median_standard_error']:.2e}, "
-          f"min gradient seed cosine {truth['min_gradient_seed_cosine']:.6f}", flush=True)
+    print(
+        f"truth: max SE {truth['max_standard_error']:.2e}, median {truth['median_standard_error']:.2e}, "
+        f"min gradient seed cosine {truth['min_gradient_seed_cosine']:.6f}",
+        flush=True,
+    )
 
     reports = [VariantReport(variant) for variant in variants]
     for report in reports:
@@ -867,10 +931,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         for case in cases:
             report.cases[case.name] = evaluate_case(report.variant, case, truths[case.name], dtype)
         errors = [r.error for r in report.cases.values() if r.refused is None]
-        print(f"accuracy: {report.variant.label:32s} max {max(errors, default=math.nan):.3g} "
-              f"mean {np.mean(errors) if errors else math.nan:.3g} "
-              f"refused {sum(r.refused is not None for r in report.cases.values())} "
-              f"({time.perf_counter() - start:.1f} s)", flush=True)
+        print(
+            f"accuracy: {report.variant.label:32s} max {max(errors, default=math.nan):.3g} "
+            f"mean {np.mean(errors) if errors else math.nan:.3g} "
+            f"refused {sum(r.refused is not None for r in report.cases.values())} "
+            f"({time.perf_counter() - start:.1f} s)",
+            flush=True,
+        )
 
     grid = [headline] if (args.quick or args.no_timing_grid) else [(k, d) for k in args.components for d in args.dims]
     if headline not in grid:
@@ -883,8 +950,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         print(f"timing: B={batch_size} K={n_components} D={dim} done ({time.perf_counter() - start:.1f} s)", flush=True)
 
     summaries = [summarise(r, cases, headline, grid_batch_size, large_batch_size) for r in reports]
-    invocation = "python -m benchmarks.entropy_accuracy" + ("" if argv is None and len(sys.argv) <= 1 else
-                                                           " " + " ".join(sys.argv[1:] if argv is None else argv))
+    invocation = "python -m benchmarks.entropy_accuracy" + (
+        "" if argv is None and len(sys.argv) <= 1 else " " + " ".join(sys.argv[1:] if argv is None else argv)
+    )
     config = {
         "command": FULL_COMMAND,
         "invocation": ("OMP_NUM_THREADS=1 " if os.environ.get("OMP_NUM_THREADS") == "1" else "") + invocation,
@@ -909,8 +977,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "large_batch_size": large_batch_size,
         "timing_repeats": repeats,
         "library_default": DEFAULT_METHOD,
-        "bar": {"max_abs_error": BAR_MAX_ERROR, "mean_abs_error": BAR_MEAN_ERROR, "min_gradient_cosine": BAR_MIN_COSINE,
-                "time_ratio": BAR_TIME_RATIO},
+        "bar": {
+            "max_abs_error": BAR_MAX_ERROR,
+            "mean_abs_error": BAR_MEAN_ERROR,
+            "min_gradient_cosine": BAR_MIN_COSINE,
+            "time_ratio": BAR_TIME_RATIO,
+        },
         "runtime_seconds": None,
     }
     figures = {"error_vs_dim": "figures/entropy_error_vs_dim.png", "pareto": "figures/entropy_pareto.png"}
@@ -922,10 +994,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "config": config,
         "truth": truth,
         "cases": [
-            {"name": c.name, "kind": c.kind, "dim": c.dim, "n_components": c.n_components, "separation": c.separation,
-             "entropy": truths[c.name].entropy, "standard_error": truths[c.name].standard_error,
-             "gradient_seed_cosine": truths[c.name].gradient_seed_cosine,
-             "mixing_seed_cosine": truths[c.name].mixing_seed_cosine}
+            {
+                "name": c.name,
+                "kind": c.kind,
+                "dim": c.dim,
+                "n_components": c.n_components,
+                "separation": c.separation,
+                "entropy": truths[c.name].entropy,
+                "standard_error": truths[c.name].standard_error,
+                "gradient_seed_cosine": truths[c.name].gradient_seed_cosine,
+                "mixing_seed_cosine": truths[c.name].mixing_seed_cosine,
+            }
             for c in cases
         ],
         "summaries": summaries,
@@ -940,12 +1019,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     }
     with open(output_dir / "entropy_accuracy.json", "w") as handle:
         json.dump(_json_safe(payload), handle, indent=1)
-    print(f"wrote {output_dir / 'entropy_accuracy.md'}, {output_dir / 'entropy_accuracy.json'} and figures "
-          f"({config['runtime_seconds']:.0f} s)", flush=True)
+    print(
+        f"wrote {output_dir / 'entropy_accuracy.md'}, {output_dir / 'entropy_accuracy.json'} and figures "
+        f"({config['runtime_seconds']:.0f} s)",
+        flush=True,
+    )
     for s in summaries:
-        print(f"{s['label']:32s} max {_fmt(s['max_abs_error']):>8s} mean {_fmt(s['mean_abs_error']):>8s} "
-              f"mincos {_fmt_cos(s['min_gradient_cosine'])} ratio64 {_fmt(s['time_ratio_headline_small_batch']):>6s} "
-              f"refused {s['n_refused']:3d} bar {'YES' if s['meets_bar'] else '-'}")
+        print(
+            f"{s['label']:32s} max {_fmt(s['max_abs_error']):>8s} mean {_fmt(s['mean_abs_error']):>8s} "
+            f"mincos {_fmt_cos(s['min_gradient_cosine'])} ratio64 {_fmt(s['time_ratio_headline_small_batch']):>6s} "
+            f"refused {s['n_refused']:3d} bar {'YES' if s['meets_bar'] else '-'}"
+        )
     return payload
 
 

@@ -4,7 +4,9 @@
     OMP_NUM_THREADS=1 python -m benchmarks.qmc_design --quick    # a smoke run, prints only
 
 Every variant uses the same quadrature core (``sb3_gmm.entropy.quadrature.quadrature_entropy``: the Gaussian part
-exact, the log-responsibility averaged over standard-normal points); only the point set changes:
+exact, a bounded correction averaged over standard-normal points). Two things vary. The integrand: the entropy of the
+responsibilities (``responsibility_entropy``, the library's choice) or the own component's log responsibility
+(``log_responsibility``, the earlier form); both have the same exact value. And the point set:
 
 - shared/raw: one scrambled-Sobol set for all components, mapped to N(0, I) as is;
 - shared/antithetic: ``{z, -z}`` with unit mean square per coordinate (mean exactly 0);
@@ -28,9 +30,14 @@ import torch as th
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._suite import cosine, ground_truth, make_suite, value_and_gradient  # noqa: E402
+from benchmarks._suite import MixtureCase, cosine, ground_truth, make_suite, value_and_gradient  # noqa: E402
 from sb3_gmm.entropy._common import mixture_params  # noqa: E402
-from sb3_gmm.entropy.quadrature import gauss_hermite_points, quadrature_entropy, sobol_points  # noqa: E402
+from sb3_gmm.entropy.quadrature import (  # noqa: E402
+    INTEGRANDS,
+    gauss_hermite_points,
+    quadrature_entropy,
+    sobol_points,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PointSet = Callable[[int, int, int], Tuple[th.Tensor, th.Tensor]]  # (K, D, n) -> points, weights
@@ -78,13 +85,44 @@ VARIANTS: Dict[str, PointSet] = {
 }
 
 
-def evaluate(point_set: PointSet, n_points: int, cases, truths) -> Dict[str, float]:
+def library_rule(n_components: int, dim: int, n_points: int) -> Tuple[th.Tensor, th.Tensor]:
+    """What ``qmc`` uses: Gauss-Hermite in 1-D, per-component moment-matched Sobol otherwise."""
+    if dim == 1:
+        return gauss_hermite(n_components, dim, n_points)
+    return per_component_matched(n_components, dim, n_points)
+
+
+def wide_width_cases(dims: Tuple[int, ...], quick: bool) -> List[MixtureCase]:
+    """Concentric mixtures whose widths differ 8x to 32x (the suite stops at 4x): a narrow component inside a wide
+    one is where the two integrands differ most. Weights are 0.1, 0.5 or 0.9 on the narrowest component."""
+    cases = []
+    for dim in dims:
+        for n_components in (2,) if quick else (2, 4):
+            for ratio in (8.0, 16.0, 32.0):
+                for narrow_weight in (0.1, 0.5, 0.9):
+                    rest = (1.0 - narrow_weight) / (n_components - 1)
+                    logits = th.tensor([math.log(narrow_weight)] + [math.log(rest)] * (n_components - 1))
+                    widths = ratio ** (th.arange(n_components, dtype=th.float64) / (n_components - 1))
+                    cases.append(
+                        MixtureCase(
+                            name=f"D{dim}-K{n_components}-ratio{ratio:g}-w{narrow_weight:g}",
+                            kind="concentric",
+                            separation=0.0,
+                            logits=logits.to(th.float64),
+                            means=th.zeros(n_components, dim, dtype=th.float64),
+                            stds=0.1 * widths.unsqueeze(-1).expand(n_components, dim).clone(),
+                        )
+                    )
+    return cases
+
+
+def evaluate(point_set: PointSet, n_points: int, cases, truths, integrand: str) -> Dict[str, float]:
     errors, cosines = [], []
     for case, truth in zip(cases, truths):
         points, weights = point_set(case.n_components, case.dim, n_points)
 
         def entropy_fn(logits, means, stds, points=points, weights=weights):
-            return quadrature_entropy(mixture_params(logits, means, stds), points, weights)
+            return quadrature_entropy(mixture_params(logits, means, stds), points, weights, integrand=integrand)
 
         value, gradient = value_and_gradient(entropy_fn, case, dtype=th.float64)
         errors.append(abs(value - truth.entropy))
@@ -115,13 +153,14 @@ def main(argv: List[str] = None) -> None:
     rows = []
     for n_points in args.points:
         for name, point_set in VARIANTS.items():
-            result = evaluate(point_set, n_points, cases, truths)
-            rows.append((name, n_points, result))
-            print(
-                f"{name:24s} n={n_points:4d}  max {result['max_error']:.3f}  mean {result['mean_error']:.4f}  "
-                f"min cos {result['min_cosine']:.4f}",
-                flush=True,
-            )
+            for integrand in INTEGRANDS:
+                result = evaluate(point_set, n_points, cases, truths, integrand)
+                rows.append((name, integrand, n_points, result))
+                print(
+                    f"{name:24s} {integrand:22s} n={n_points:4d}  max {result['max_error']:.3f}  "
+                    f"mean {result['mean_error']:.4f}  min cos {result['min_cosine']:.4f}",
+                    flush=True,
+                )
     one_d_cases = [
         case for case in make_suite(dims=(1,), components=components, quick=args.quick) if case.n_components > 1
     ]
@@ -129,9 +168,29 @@ def main(argv: List[str] = None) -> None:
     one_d_rows = []
     for n_points in args.points:
         for name, point_set in (("per-component/matched", per_component_matched), ("gauss-hermite", gauss_hermite)):
-            result = evaluate(point_set, n_points, one_d_cases, one_d_truths)
-            one_d_rows.append((name, n_points, result))
-            print(f"D=1 {name:22s} n={n_points:4d}  max {result['max_error']:.4f}  min cos {result['min_cosine']:.4f}")
+            for integrand in INTEGRANDS:
+                result = evaluate(point_set, n_points, one_d_cases, one_d_truths, integrand)
+                one_d_rows.append((name, integrand, n_points, result))
+                print(
+                    f"D=1 {name:22s} {integrand:22s} n={n_points:4d}  max {result['max_error']:.4f}  "
+                    f"mean {result['mean_error']:.5f}  min cos {result['min_cosine']:.4f}",
+                    flush=True,
+                )
+    wide_dims = (1, 3) if args.quick else (1, 2, 6)
+    wide_cases = wide_width_cases(wide_dims, args.quick)
+    wide_truths = [ground_truth(case, samples_per_component=samples) for case in wide_cases]
+    wide_rows = []
+    for n_points in args.points:
+        for dim in wide_dims:
+            subset = [(case, truth) for case, truth in zip(wide_cases, wide_truths) if case.dim == dim]
+            for integrand in INTEGRANDS:
+                result = evaluate(library_rule, n_points, *zip(*subset), integrand)
+                wide_rows.append((dim, integrand, n_points, result))
+                print(
+                    f"wide D={dim} {integrand:22s} n={n_points:4d}  max {result['max_error']:.4f}  "
+                    f"mean {result['mean_error']:.5f}  min cos {result['min_cosine']:.4f}",
+                    flush=True,
+                )
     if args.quick:
         return
 
@@ -147,24 +206,39 @@ def main(argv: List[str] = None) -> None:
         f"{max_se:.4f} nats. Errors are absolute, in nats; cosine is between the variant's gradient w.r.t. (logits, "
         "means, log stds) and the truth's.",
         "",
-        "| point set | points per component | max abs error | mean abs error | min gradient cosine |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| point set | integrand | points per component | max abs error | mean abs error | min gradient cosine |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    for name, n_points, result in rows:
+    for name, integrand, n_points, result in rows:
         lines.append(
-            f"| {name} | {n_points} | {result['max_error']:.3f} | {result['mean_error']:.4f} | "
+            f"| {name} | {integrand} | {n_points} | {result['max_error']:.3f} | {result['mean_error']:.4f} | "
             f"{result['min_cosine']:.4f} |"
         )
     lines += [
         "",
         f"One dimension ({len(one_d_cases)} mixtures, same kinds):",
         "",
-        "| point set | points | max abs error | mean abs error | min gradient cosine |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| point set | integrand | points | max abs error | mean abs error | min gradient cosine |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    for name, n_points, result in one_d_rows:
+    for name, integrand, n_points, result in one_d_rows:
         lines.append(
-            f"| {name} | {n_points} | {result['max_error']:.4f} | {result['mean_error']:.5f} | "
+            f"| {name} | {integrand} | {n_points} | {result['max_error']:.4f} | {result['mean_error']:.5f} | "
+            f"{result['min_cosine']:.5f} |"
+        )
+    lines += [
+        "",
+        f"Widths differing 8x to 32x ({len(wide_cases) // len(wide_dims)} concentric mixtures per D, "
+        "`wide_width_cases`: K in (2, 4), the narrowest component weighted 0.1, 0.5 or 0.9), with the library's own "
+        "rule (Gauss-Hermite in 1-D, per-component matched Sobol otherwise); truth as above, largest standard error "
+        f"{max(truth.standard_error for truth in wide_truths):.4f} nats:",
+        "",
+        "| D | integrand | points | max abs error | mean abs error | min gradient cosine |",
+        "| ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for dim, integrand, n_points, result in wide_rows:
+        lines.append(
+            f"| {dim} | {integrand} | {n_points} | {result['max_error']:.4f} | {result['mean_error']:.5f} | "
             f"{result['min_cosine']:.5f} |"
         )
     out = REPO_ROOT / "docs" / "qmc_design.md"

@@ -123,6 +123,8 @@ BAD_OPTIONS = [
     ("qmc", {"n_points": 1}, "n_points"),
     ("qmc", {"n_points": 10**6}, "n_points"),
     ("qmc", {"seed": -1}, "seed"),
+    ("qmc", {"integrand": "entropy"}, "integrand"),
+    ("sigma_points", {"integrand": None}, "integrand"),
     ("sigma_points", {"degree": 4}, "degree"),
     ("sigma_points", {"degree": 3.0}, "degree"),
     ("sigma_points", {"kappa": -1.0}, "kappa"),

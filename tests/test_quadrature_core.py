@@ -1,17 +1,28 @@
 """The hand-written backward of the quadrature core equals autograd through the reference implementation."""
 
+import math
+
 import pytest
 import torch as th
 
 from sb3_gmm.entropy import gmm_entropy
 from sb3_gmm.entropy._common import mixture_params
-from sb3_gmm.entropy.quadrature import NEGLIGIBLE_NODE_WEIGHT, _qmc_rule, gauss_hermite_points, quadrature_entropy
+from sb3_gmm.entropy.quadrature import (
+    INTEGRANDS,
+    NEGLIGIBLE_NODE_WEIGHT,
+    _qmc_rule,
+    gauss_hermite_points,
+    quadrature_entropy,
+)
 
 
 @pytest.mark.parametrize("batch_shape", [(), (3,), (2, 3)])
 @pytest.mark.parametrize("points_kind", ["shared", "per_component", "per_batch"])
-@pytest.mark.parametrize("control_variate", [True, False])
-def test_fused_matches_autograd(batch_shape, points_kind, control_variate):
+@pytest.mark.parametrize(
+    "control_variate,integrand",
+    [(True, "responsibility_entropy"), (True, "log_responsibility"), (False, "log_responsibility")],
+)
+def test_fused_matches_autograd(batch_shape, points_kind, control_variate, integrand):
     th.manual_seed(0)
     n_components, dim, n_points = 3, 4, 8
     logits = th.randn(*batch_shape, n_components, dtype=th.float64, requires_grad=True)
@@ -27,7 +38,9 @@ def test_fused_matches_autograd(batch_shape, points_kind, control_variate):
 
     def estimate(fused):
         params = mixture_params(logits, means, stds)
-        return quadrature_entropy(params, points, weights, control_variate=control_variate, fused=fused)
+        return quadrature_entropy(
+            params, points, weights, control_variate=control_variate, fused=fused, integrand=integrand
+        )
 
     fused, reference = estimate(True), estimate(False)
     assert th.allclose(fused, reference, atol=1e-12)
@@ -86,3 +99,51 @@ def test_one_dimensional_rule_drops_only_negligible_nodes():
     pruned = quadrature_entropy(params, points, point_weights)
     full = quadrature_entropy(params, full_points, full_weights)
     assert th.allclose(pruned, full, atol=1e-8, rtol=0.0)
+
+
+def _varied_mixtures(batch: int, n_components: int, dim: int, seed: int, dtype: th.dtype):
+    """Widths over e^-5..e^2 (the policy's log-std range), means spread from coincident to far apart."""
+    generator = th.Generator().manual_seed(seed)
+    logits = 3.0 * th.randn(batch, n_components, generator=generator, dtype=th.float64)
+    spread = th.exp(2.0 * th.randn(batch, 1, 1, generator=generator, dtype=th.float64))
+    means = spread * th.randn(batch, n_components, dim, generator=generator, dtype=th.float64)
+    stds = th.exp(th.empty(batch, n_components, dim, dtype=th.float64).uniform_(-5.0, 2.0, generator=generator))
+    return logits.to(dtype), means.to(dtype), stds.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [th.float64, th.float32])
+@pytest.mark.parametrize("dim", [1, 2, 6])
+@pytest.mark.parametrize("method,options", [("qmc", {}), ("sigma_points", {"degree": 3})])
+def test_responsibility_entropy_estimate_stays_within_its_bracket(dtype, dim, method, options):
+    """``H(w) + sum_i w_i H_i - E[h]`` with ``0 <= h <= log K`` and positive point weights can never leave
+    ``[upper - log K, upper]`` (upper: Huber's bound), however poor the points are for the mixture."""
+    n_components = 4
+    logits, means, stds = _varied_mixtures(256, n_components, dim, seed=dim, dtype=dtype)
+    estimate = gmm_entropy(logits, means, stds, method=method, **options)
+    upper = gmm_entropy(logits, means, stds, method="huber_upper")
+    slack = 1e-9 if dtype == th.float64 else 1e-4 * (1.0 + upper.abs())
+    assert th.isfinite(estimate).all()
+    assert (estimate <= upper + slack).all(), float((estimate - upper).max())
+    assert (estimate >= upper - math.log(n_components) - slack).all()
+
+
+@pytest.mark.parametrize("dim", [1, 2, 5])
+def test_both_integrands_estimate_the_same_entropy(dim: int):
+    """The two integrands are two ways of writing the same integral: with many points they agree."""
+    logits, means, stds = _varied_mixtures(32, 3, dim, seed=10 + dim, dtype=th.float64)
+    stds = stds.clamp(min=0.05)  # keep the widths within 100x so that 2048 points resolve every mixture
+    by_integrand = [
+        gmm_entropy(logits, means, stds, method="qmc", n_points=2048, integrand=integrand) for integrand in INTEGRANDS
+    ]
+    assert (by_integrand[0] - by_integrand[1]).abs().max() < 0.01
+
+
+def test_integrand_errors_name_the_argument():
+    params = mixture_params(th.zeros(2), th.zeros(2, 1), th.ones(2, 1))
+    points, weights = th.zeros(1, 1), th.ones(1)
+    with pytest.raises(ValueError, match="integrand must be one of"):
+        quadrature_entropy(params, points, weights, integrand="entropy")
+    with pytest.raises(ValueError, match="control_variate=False.*log_responsibility"):
+        quadrature_entropy(params, points, weights, control_variate=False)
+    with pytest.raises(ValueError, match="integrand"):
+        gmm_entropy(th.zeros(2), th.zeros(2, 1), th.ones(2, 1), method="qmc", integrand="entropy")

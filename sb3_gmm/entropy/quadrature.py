@@ -6,10 +6,21 @@ All of them rest on one identity. With ``x = mu_i + s_i * eps`` (``eps ~ N(0, I)
          = sum_i w_i ( H_i - E_eps[ logsumexp_j( log w_j + Delta_ij(eps) ) ] ),
     Delta_ij(eps) = log N_j(x) - log N_i(x) = sum_d c_ijd + b_ijd eps_d + a_ijd eps_d^2.
 
-The Gaussian part ``H_i`` is exact, so only the bounded correction (``log r_i``, the log responsibility) is averaged:
-the control variate of the notes. It vanishes for far-apart components and is constant for coincident ones, so every
-point set is exact in both limits and for K = 1. Because ``Delta`` is a quadratic form in ``eps``, evaluating it at
-``n`` shared points is one matrix product ``[..., K, K, 2D] @ [2D, n]``: the cost of a few log_probs, not ``n`` of them.
+The Gaussian part ``H_i`` is exact, so only the correction is averaged: the control variate of the notes. Two
+integrands give the same exact value and different quadrature errors:
+
+- ``"log_responsibility"``: ``sum_i w_i (H_i - log w_i + E_i[log r_i(x)])``, ``r_i`` the posterior weight of component
+  ``i`` at ``x``. ``log r_i`` is unbounded below: it falls quadratically wherever another component dominates, so a
+  narrow component inside a wide one is a deep, narrow dip under the wide one's points.
+- ``"responsibility_entropy"`` (the default): ``H(w) + sum_i w_i H_i - E_p[h(x)]`` with
+  ``h(x) = -sum_j r_j(x) log r_j(x)`` in ``[0, log K]``: the identity ``H(X) = H(Z) + H(X | Z) - H(Z | X)`` for the
+  component label ``Z``. The integrand is bounded, so with positive point weights the estimate always lies between
+  Huber's upper bound ``H(w) + sum_i w_i H_i`` and that bound minus ``log K``; measured, it halves the mean error of
+  the same points (docs/qmc_design.md).
+
+Both vanish for far-apart components and are constant for coincident ones, so every point set is exact in both limits
+and for K = 1. Because ``Delta`` is a quadratic form in ``eps``, evaluating it at ``n`` shared points is one matrix
+product ``[..., K, K, 2D] @ [2D, n]``: the cost of a few log_probs, not ``n`` of them.
 """
 
 import math
@@ -23,6 +34,11 @@ from sb3_gmm.entropy.registry import Option, one_of, optional_seed, positive_int
 
 # Gauss-Hermite nodes of lower weight are skipped: even an integrand of 1e3 nats there moves the estimate by < 1e-9.
 NEGLIGIBLE_NODE_WEIGHT = 1e-12
+INTEGRANDS = ("responsibility_entropy", "log_responsibility")
+INTEGRAND_HELP = (
+    "what the points average: the entropy of the responsibilities (bounded, the default) or the log responsibility "
+    "of the own component (the earlier form, kept to reproduce it)"
+)
 
 
 def _quadratic_form_coefficients(params: MixtureParams) -> Tuple[th.Tensor, th.Tensor]:
@@ -44,6 +60,7 @@ def quadrature_entropy(
     control_variate: bool = True,
     fused: bool = True,
     features: Optional[th.Tensor] = None,
+    integrand: str = "responsibility_entropy",
 ) -> th.Tensor:
     """Entropy from standard-normal points, stratified per component (the core of every method in this module).
 
@@ -51,17 +68,30 @@ def quadrature_entropy(
     :param points: ``[n, D]`` points shared by all components, ``[K, n, D]`` points of each component's own, or
         ``[..., K, n, D]`` points per batch element and component
     :param point_weights: ``[n]`` quadrature weights summing to one
-    :param control_variate: keep the exact Gaussian part (True) or average the plain ``-log p`` (False: plain MC)
+    :param control_variate: keep the exact Gaussian part (True) or average the plain ``-log p`` (False: plain MC,
+        which needs ``integrand="log_responsibility"``)
     :param fused: use the hand-written backward (fast, first derivatives only) instead of autograd through every op
     :param features: :func:`point_features` of ``points`` when the caller has it cached
+    :param integrand: ``"responsibility_entropy"`` or ``"log_responsibility"`` (see the module docstring)
     :return: entropy ``[...]``
     """
+    if integrand not in INTEGRANDS:
+        raise ValueError(f"integrand must be one of {list(INTEGRANDS)}, got {integrand!r}")
+    if not control_variate and integrand != "log_responsibility":
+        raise ValueError('control_variate=False (plain -log p) needs integrand="log_responsibility"')
+    if control_variate and params.n_components == 1:
+        # One component: every point's responsibility is 1, both integrands vanish and the estimate is the closed
+        # form w (H_1 - log w) (w = 1) exactly, as a function of the inputs too, so the gradients agree as well.
+        return weighted_sum(params.log_weights, gaussian_entropies(params.log_stds) - params.log_weights)
     if features is None:
         features = point_features(points)
+    responsibility_entropy = integrand == "responsibility_entropy"
     if fused:
-        estimate = _FusedQuadratureEntropy.apply(params.log_weights, params.means, params.stds, features, point_weights)
+        estimate = _FusedQuadratureEntropy.apply(
+            params.log_weights, params.means, params.stds, features, point_weights, responsibility_entropy
+        )
     else:
-        estimate = _autograd_quadrature_entropy(params, features, point_weights)
+        estimate = _autograd_quadrature_entropy(params, features, point_weights, responsibility_entropy)
     if not control_variate:
         # -log N_i(x) averaged over the points instead of its exact expectation H_i.
         half_squared_norm = 0.5 * (points.square().sum(-1) * point_weights).sum(-1)
@@ -80,13 +110,21 @@ def point_features(points: th.Tensor) -> th.Tensor:
     return th.cat([points, points.square(), th.ones_like(points[..., :1])], dim=-1)
 
 
-def _autograd_quadrature_entropy(params: MixtureParams, features: th.Tensor, point_weights: th.Tensor) -> th.Tensor:
+def _autograd_quadrature_entropy(
+    params: MixtureParams, features: th.Tensor, point_weights: th.Tensor, responsibility_entropy: bool = True
+) -> th.Tensor:
     """Reference implementation differentiated by autograd (supports higher derivatives; slower)."""
     constant, coefficients = _quadratic_form_coefficients(params)
     dim = params.dim
     quadratic_features = features[..., : 2 * dim]
     delta = th.matmul(coefficients, quadratic_features.transpose(-1, -2)) + constant.unsqueeze(-1)  # [.., K, K, n]
-    log_mixture_ratio = th.logsumexp(params.log_weights.unsqueeze(-1).unsqueeze(-3) + delta, dim=-2)  # [..., K, n]
+    exponents = params.log_weights.unsqueeze(-1).unsqueeze(-3) + delta  # log w_j + Delta_ij(eps_n)
+    if responsibility_entropy:
+        log_responsibilities = th.log_softmax(exponents, dim=-2)  # log r_j(x_in)
+        entropies = -(log_responsibilities.exp() * log_responsibilities).sum(-2)  # [..., K, n]
+        conditional = (entropies * point_weights).sum(-1)
+        return weighted_sum(params.log_weights, gaussian_entropies(params.log_stds) - params.log_weights - conditional)
+    log_mixture_ratio = th.logsumexp(exponents, dim=-2)  # [..., K, n]
     correction = (log_mixture_ratio * point_weights).sum(-1)
     return weighted_sum(params.log_weights, gaussian_entropies(params.log_stds) - correction)
 
@@ -123,12 +161,13 @@ class _FusedQuadratureEntropy(th.autograd.Function):
     """The quadrature estimate with its gradient written out by hand.
 
     Autograd would record ~40 small ops; at RL batch sizes their bookkeeping, not the arithmetic, is the cost. The
-    forward makes four passes over ``[..., K, K, n]`` (product, max, exp, sum), the backward two (scale, product).
-    First derivatives only (``once_differentiable``): use ``fused=False`` for higher ones.
+    forward makes four passes over ``[..., K, K, n]`` (product, max, exp, sum; two more for the responsibility
+    entropy), the backward two (three more for the responsibility entropy). First derivatives only
+    (``once_differentiable``): use ``fused=False`` for higher ones.
     """
 
     @staticmethod
-    def forward(ctx, log_weights, means, stds, features, point_weights):  # type: ignore[override]
+    def forward(ctx, log_weights, means, stds, features, point_weights, responsibility_entropy):  # type: ignore[override]
         dim = means.shape[-1]
         log_stds = stds.log()
         inv_stds = stds.reciprocal()
@@ -147,17 +186,29 @@ class _FusedQuadratureEntropy(th.autograd.Function):
             [-scaled_diff * std_ratio, 0.5 - 0.5 * std_ratio.square(), constant.unsqueeze(-1)], dim=-1
         )
         exponents = _contract_points(coefficients, features)  # log w_j + Delta_ij(eps_n), [..., K(i), K(j), n]
-        # logsumexp over j by hand: the shifted exponentials are kept for the backward's responsibilities.
+        # Softmax over j by hand: the shifted exponentials (and exponents) are kept for the backward.
         shift = exponents.amax(-2, keepdim=True)
-        exponentials = exponents.sub_(shift).exp_()
-        normaliser = exponentials.sum(-2, keepdim=True)
-        log_mixture_ratio = (shift + normaliser.log()).squeeze(-2)  # [..., K(i), n]
-        correction = log_mixture_ratio @ point_weights
+        shifted = exponents.sub_(shift)
         weights = log_weights.exp()
-        per_component = 0.5 * dim * LOG_2PI_E + sum_log_stds - correction
+        gaussian_part = 0.5 * dim * LOG_2PI_E + sum_log_stds
+        if responsibility_entropy:
+            exponentials = shifted.exp()
+            normaliser = exponentials.sum(-2, keepdim=True)
+            # h = log Z - sum_j r_j e_j, shift invariant; mean_exponent = sum_j r_j e_j, [..., K(i), 1, n].
+            mean_exponent = (exponentials * shifted).sum(-2, keepdim=True) / normaliser
+            entropies = (normaliser.log() - mean_exponent).squeeze(-2)  # [..., K(i), n], within [0, log K]
+            per_component = gaussian_part - log_weights - entropies @ point_weights
+        else:
+            exponentials = shifted.exp_()  # the exponents are not needed again: overwrite them
+            normaliser = exponentials.sum(-2, keepdim=True)
+            log_mixture_ratio = (shift + normaliser.log()).squeeze(-2)  # [..., K(i), n]
+            per_component = gaussian_part - log_mixture_ratio @ point_weights
+            shifted = mean_exponent = None
+        ctx.responsibility_entropy = responsibility_entropy
         ctx.save_for_backward(
-            exponentials, normaliser, weights, per_component, scaled_diff, std_ratio, inv_stds, features, point_weights
-        )
+            exponentials, normaliser, shifted, mean_exponent, weights, per_component, scaled_diff, std_ratio,
+            inv_stds, features, point_weights,
+        )  # fmt: skip
         return (weights * per_component).sum(-1)
 
     @staticmethod
@@ -166,22 +217,29 @@ class _FusedQuadratureEntropy(th.autograd.Function):
         # PPO / A2C with ent_coef = 0 still back-propagate through the entropy, with an all-zero gradient. On the CPU
         # a check is cheap (no device sync) and skips all the work below; the inputs then get zero gradients.
         if grad_output.device.type == "cpu" and not bool(grad_output.any()):
-            return None, None, None, None, None
-        exponentials, normaliser, weights, per_component, scaled_diff, std_ratio, inv_stds, features, point_weights = (
-            ctx.saved_tensors
-        )
+            return None, None, None, None, None, None
+        (
+            exponentials, normaliser, shifted, mean_exponent, weights, per_component, scaled_diff, std_ratio,
+            inv_stds, features, point_weights,
+        ) = ctx.saved_tensors  # fmt: skip
         dim = scaled_diff.shape[-1]
         grad = grad_output.unsqueeze(-1)
-        # W_ijn = g w_i v_n r_ijn with responsibilities r = exponentials / normaliser: the division is folded into
-        # the small [..., K(i), 1, n] factor, so the big tensor is touched once.
+        # d output / d exponent_ijn = g w_i v_n r_ijn times (e_ijn - sum_j r_ijn e_ijn) for the responsibility entropy
+        # and times -1 for the log responsibility, r = exponentials / normaliser. The division is folded into the
+        # small [..., K(i), 1, n] factor, so the big tensor is touched as few times as possible.
         point_scale = (point_weights * (grad * weights).unsqueeze(-1)).unsqueeze(-2) / normaliser
-        weighted = exponentials * point_scale
-        # Derivative of the output w.r.t. the linear, quadratic and constant coefficients of Delta_ij: -W contracted.
-        grad_coefficients = _contract_points_back(weighted, features)  # [..., K(i), K(j), 2D + 1], sign flipped
-        grad_linear = -grad_coefficients[..., :dim]
-        grad_quadratic = -grad_coefficients[..., dim : 2 * dim]
-        grad_constant = -grad_coefficients[..., 2 * dim]  # [..., K(i), K(j)]
+        if ctx.responsibility_entropy:
+            exponent_grad = exponentials * point_scale * (shifted - mean_exponent)
+        else:
+            exponent_grad = exponentials * -point_scale
+        # Derivative of the output w.r.t. the linear, quadratic and constant coefficients of Delta_ij.
+        grad_coefficients = _contract_points_back(exponent_grad, features)  # [..., K(i), K(j), 2D + 1]
+        grad_linear = grad_coefficients[..., :dim]
+        grad_quadratic = grad_coefficients[..., dim : 2 * dim]
+        grad_constant = grad_coefficients[..., 2 * dim]  # [..., K(i), K(j)]
         grad_log_weights = grad * weights * per_component + grad_constant.sum(-2)
+        if ctx.responsibility_entropy:
+            grad_log_weights = grad_log_weights - grad * weights  # the -w_i log w_i term
         # Chain rule through scaled_diff z = (mu_i - mu_j) / s_j and std_ratio r = s_i / s_j.
         grad_scaled = -grad_constant.unsqueeze(-1) * scaled_diff - grad_linear * std_ratio
         grad_ratio = -grad_linear * scaled_diff - grad_quadratic * std_ratio
@@ -195,7 +253,7 @@ class _FusedQuadratureEntropy(th.autograd.Function):
             + (grad_ratio * inv_std_j).sum(-2)  # r depends on s_i
             - ((grad_ratio * std_ratio + grad_scaled * scaled_diff).sum(-3)) * inv_stds  # r and z depend on s_j
         )
-        return grad_log_weights, grad_means, grad_stds, None, None
+        return grad_log_weights, grad_means, grad_stds, None, None, None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -338,7 +396,7 @@ def monte_carlo(params: MixtureParams, n_samples: int = 64, seed: Optional[int] 
     shape = (*params.means.shape[:-1], n_samples, params.dim)
     eps = th.randn(shape, generator=generator, dtype=params.means.dtype, device=params.means.device)
     point_weights = th.full((n_samples,), 1.0 / n_samples, dtype=params.means.dtype, device=params.means.device)
-    return quadrature_entropy(params, eps, point_weights, control_variate=False)
+    return quadrature_entropy(params, eps, point_weights, control_variate=False, integrand="log_responsibility")
 
 
 @register(
@@ -349,13 +407,14 @@ def monte_carlo(params: MixtureParams, n_samples: int = 64, seed: Optional[int] 
     options={
         "n_points": Option(64, positive_int(maximum=4096, minimum=2), "points per component (a power of 2 is best)"),
         "seed": Option(0, positive_int(minimum=0), "scrambling seed of the fixed point sets"),
+        "integrand": Option(INTEGRANDS[0], one_of(*INTEGRANDS), INTEGRAND_HELP),
     },
 )
-def qmc(params: MixtureParams, n_points: int = 64, seed: int = 0) -> th.Tensor:
+def qmc(params: MixtureParams, n_points: int = 64, seed: int = 0, integrand: str = INTEGRANDS[0]) -> th.Tensor:
     points, point_weights, features = _qmc_rule(
         params.n_components, params.dim, n_points, seed, params.means.dtype, params.means.device
     )
-    return quadrature_entropy(params, points, point_weights, features=features)
+    return quadrature_entropy(params, points, point_weights, features=features, integrand=integrand)
 
 
 @register(
@@ -366,8 +425,13 @@ def qmc(params: MixtureParams, n_points: int = 64, seed: int = 0) -> th.Tensor:
     options={
         "degree": Option(3, one_of(3, 5), "3: 2D+1 points (unscented); 5: 2D^2+1 points"),
         "kappa": Option(None, _check_kappa, "unscented spread; None uses max(3 - D, 0)"),
+        "integrand": Option(INTEGRANDS[0], one_of(*INTEGRANDS), INTEGRAND_HELP),
     },
 )
-def sigma_points(params: MixtureParams, degree: int = 3, kappa: Optional[float] = None) -> th.Tensor:
+def sigma_points(
+    params: MixtureParams, degree: int = 3, kappa: Optional[float] = None, integrand: str = INTEGRANDS[0]
+) -> th.Tensor:
     points, point_weights = sigma_point_rule(params.dim, degree, None if kappa is None else float(kappa))
-    return quadrature_entropy(params, _as_input(points, params.means), _as_input(point_weights, params.means))
+    return quadrature_entropy(
+        params, _as_input(points, params.means), _as_input(point_weights, params.means), integrand=integrand
+    )
