@@ -59,6 +59,7 @@ PPO_SETTINGS: Dict[str, Any] = dict(
 )
 N_ENVS = 4
 TARGET_RATIO = 0.85
+WARM_UP_CALLS = 20
 
 
 def timed_learn(
@@ -247,7 +248,8 @@ def entropy_microbenchmark(
             stds = (0.5 + th.rand(batch_size, n_components, action_dim, generator=generator)).requires_grad_()
             name = DEFAULT_METHOD if method == "default" else method
             try:
-                for _ in range(3):
+                # Warm-up: with only 3 calls the table's first row came out up to 2x too slow (caches, allocator).
+                for _ in range(WARM_UP_CALLS):
                     gmm_entropy(logits, means, stds, method=name).sum().backward()
                 block_seconds = []
                 for _ in range(5):  # median of 5 blocks: robust to the other jobs on a shared machine
