@@ -162,6 +162,8 @@ class RunResult:
     action_histogram: Optional[List[float]] = None
     wall_seconds: float = float("nan")
     entropy_method_resolved: Optional[str] = None
+    entropy_kwargs_resolved: Optional[Dict[str, Any]] = None  # the estimator's options, defaults filled in
+    code_commit: Optional[str] = None  # the library's commit, so a grid run over several commits says so
 
 
 def build_grid(
@@ -315,7 +317,16 @@ def run_one(spec: RunSpec) -> RunResult:
     model.learn(total_timesteps=spec.timesteps, callback=recorder)
     result = RunResult(spec=asdict(spec), curve_timesteps=recorder.timesteps, curve_returns=recorder.returns)
     if spec.n_components:
-        result.entropy_method_resolved = str(getattr(model.policy, "entropy_method", None))
+        from sb3_gmm.entropy import get_estimator
+
+        entropy_method = getattr(model.policy, "entropy_method", None)
+        result.entropy_method_resolved = str(entropy_method)
+        if spec.entropy != "none":
+            options = dict(getattr(model.policy, "entropy_kwargs", None) or {})
+            result.entropy_kwargs_resolved = get_estimator(entropy_method).resolve_options(options)
+    from benchmarks._report import git_commit
+
+    result.code_commit = git_commit()
     deterministic, _ = evaluate(model, spec, setting.eval_episodes, True, seed=10_000 + spec.seed)
     stochastic, sides = evaluate(model, spec, setting.eval_episodes, False, seed=20_000 + spec.seed)
     result.deterministic_return = float(np.mean(deterministic))
