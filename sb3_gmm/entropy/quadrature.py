@@ -161,8 +161,9 @@ class _FusedQuadratureEntropy(th.autograd.Function):
     """The quadrature estimate with its gradient written out by hand.
 
     Autograd would record ~40 small ops; at RL batch sizes their bookkeeping, not the arithmetic, is the cost. The
-    forward makes four passes over ``[..., K, K, n]`` (product, max, exp, sum; two more for the responsibility
-    entropy), the backward two (three more for the responsibility entropy). First derivatives only
+    forward makes five passes over ``[..., K, K, n]`` (product, max, shift, exp, sum; two more for the
+    responsibility entropy), the backward two (one more for the responsibility entropy), and allocates one such
+    tensor per direction (two in the forward for the responsibility entropy). First derivatives only
     (``once_differentiable``): use ``fused=False`` for higher ones.
     """
 
@@ -186,7 +187,8 @@ class _FusedQuadratureEntropy(th.autograd.Function):
             [-scaled_diff * std_ratio, 0.5 - 0.5 * std_ratio.square(), constant.unsqueeze(-1)], dim=-1
         )
         exponents = _contract_points(coefficients, features)  # log w_j + Delta_ij(eps_n), [..., K(i), K(j), n]
-        # Softmax over j by hand: the shifted exponentials (and exponents) are kept for the backward.
+        # Softmax over j by hand; the backward reuses the shifted exponentials (and, for the responsibility entropy,
+        # their products with the exponents).
         shift = exponents.amax(-2, keepdim=True)
         shifted = exponents.sub_(shift)
         weights = log_weights.exp()
@@ -194,8 +196,11 @@ class _FusedQuadratureEntropy(th.autograd.Function):
         if responsibility_entropy:
             exponentials = shifted.exp()
             normaliser = exponentials.sum(-2, keepdim=True)
-            # h = log Z - sum_j r_j e_j, shift invariant; mean_exponent = sum_j r_j e_j, [..., K(i), 1, n].
-            mean_exponent = (exponentials * shifted).sum(-2, keepdim=True) / normaliser
+            # h = log Z - sum_j r_j e_j, shift invariant; mean_exponent = sum_j r_j e_j, [..., K(i), 1, n]. The
+            # products x_j e_j overwrite the exponents (the backward needs only them and x): every fresh
+            # [..., K, K, n] allocation costs about as much as a pass over it (measured at K = 8).
+            weighted_exponents = shifted.mul_(exponentials)
+            mean_exponent = weighted_exponents.sum(-2, keepdim=True) / normaliser
             entropies = (normaliser.log() - mean_exponent).squeeze(-2)  # [..., K(i), n], within [0, log K]
             per_component = gaussian_part - log_weights - entropies @ point_weights
         else:
@@ -203,10 +208,10 @@ class _FusedQuadratureEntropy(th.autograd.Function):
             normaliser = exponentials.sum(-2, keepdim=True)
             log_mixture_ratio = (shift + normaliser.log()).squeeze(-2)  # [..., K(i), n]
             per_component = gaussian_part - log_mixture_ratio @ point_weights
-            shifted = mean_exponent = None
+            weighted_exponents = mean_exponent = None
         ctx.responsibility_entropy = responsibility_entropy
         ctx.save_for_backward(
-            exponentials, normaliser, shifted, mean_exponent, weights, per_component, scaled_diff, std_ratio,
+            exponentials, normaliser, weighted_exponents, mean_exponent, weights, per_component, scaled_diff, std_ratio,
             inv_stds, features, point_weights,
         )  # fmt: skip
         return (weights * per_component).sum(-1)
@@ -219,8 +224,8 @@ class _FusedQuadratureEntropy(th.autograd.Function):
         if grad_output.device.type == "cpu" and not bool(grad_output.any()):
             return None, None, None, None, None, None
         (
-            exponentials, normaliser, shifted, mean_exponent, weights, per_component, scaled_diff, std_ratio,
-            inv_stds, features, point_weights,
+            exponentials, normaliser, weighted_exponents, mean_exponent, weights, per_component, scaled_diff,
+            std_ratio, inv_stds, features, point_weights,
         ) = ctx.saved_tensors  # fmt: skip
         dim = scaled_diff.shape[-1]
         grad = grad_output.unsqueeze(-1)
@@ -229,7 +234,8 @@ class _FusedQuadratureEntropy(th.autograd.Function):
         # small [..., K(i), 1, n] factor, so the big tensor is touched as few times as possible.
         point_scale = (point_weights * (grad * weights).unsqueeze(-1)).unsqueeze(-2) / normaliser
         if ctx.responsibility_entropy:
-            exponent_grad = exponentials * point_scale * (shifted - mean_exponent)
+            # x_j (e_j - mean_exponent) * scale, in one new tensor.
+            exponent_grad = th.addcmul(weighted_exponents, exponentials, mean_exponent, value=-1.0).mul_(point_scale)
         else:
             exponent_grad = exponentials * -point_scale
         # Derivative of the output w.r.t. the linear, quadratic and constant coefficients of Delta_ij.
