@@ -135,6 +135,14 @@ def evaluate(point_set: PointSet, n_points: int, cases, truths, integrand: str) 
     }
 
 
+def _result_row(label: object, integrand: str, n_points: int, result: Dict[str, float], digits: int) -> str:
+    """One markdown table row; ``digits`` for the max error, one more for the mean error and the cosine."""
+    return (
+        f"| {label} | {integrand} | {n_points} | {result['max_error']:.{digits}f} | "
+        f"{result['mean_error']:.{digits + 1}f} | {result['min_cosine']:.{digits + 1}f} |"
+    )
+
+
 def main(argv: List[str] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few cases, fewer truth samples, print only")
@@ -209,11 +217,7 @@ def main(argv: List[str] = None) -> None:
         "| point set | integrand | points per component | max abs error | mean abs error | min gradient cosine |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    for name, integrand, n_points, result in rows:
-        lines.append(
-            f"| {name} | {integrand} | {n_points} | {result['max_error']:.3f} | {result['mean_error']:.4f} | "
-            f"{result['min_cosine']:.4f} |"
-        )
+    lines += [_result_row(name, integrand, n_points, result, digits=3) for name, integrand, n_points, result in rows]
     lines += [
         "",
         f"One dimension ({len(one_d_cases)} mixtures, same kinds):",
@@ -221,11 +225,7 @@ def main(argv: List[str] = None) -> None:
         "| point set | integrand | points | max abs error | mean abs error | min gradient cosine |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    for name, integrand, n_points, result in one_d_rows:
-        lines.append(
-            f"| {name} | {integrand} | {n_points} | {result['max_error']:.4f} | {result['mean_error']:.5f} | "
-            f"{result['min_cosine']:.5f} |"
-        )
+    lines += [_result_row(*row, digits=4) for row in one_d_rows]
     lines += [
         "",
         f"Widths differing 8x to 32x ({len(wide_cases) // len(wide_dims)} concentric mixtures per D, "
@@ -236,11 +236,7 @@ def main(argv: List[str] = None) -> None:
         "| D | integrand | points | max abs error | mean abs error | min gradient cosine |",
         "| ---: | --- | ---: | ---: | ---: | ---: |",
     ]
-    for dim, integrand, n_points, result in wide_rows:
-        lines.append(
-            f"| {dim} | {integrand} | {n_points} | {result['max_error']:.4f} | {result['mean_error']:.5f} | "
-            f"{result['min_cosine']:.5f} |"
-        )
+    lines += [_result_row(*row, digits=4) for row in wide_rows]
     out = REPO_ROOT / "docs" / "qmc_design.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
