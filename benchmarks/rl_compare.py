@@ -285,8 +285,12 @@ def bandit_action_histogram(model, bins: int = 40, samples: int = 4000) -> Tuple
     return density.tolist(), fractions
 
 
-def run_one(spec: RunSpec) -> RunResult:
-    """Train and evaluate one configuration."""
+def run_one(spec: RunSpec, code_commit: Optional[str] = None) -> RunResult:
+    """Train and evaluate one configuration.
+
+    :param spec: the configuration
+    :param code_commit: the commit the grid started from (default: the checkout's commit now)
+    """
     th.set_num_threads(1)
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
@@ -324,9 +328,11 @@ def run_one(spec: RunSpec) -> RunResult:
         if spec.entropy != "none":
             options = dict(getattr(model.policy, "entropy_kwargs", None) or {})
             result.entropy_kwargs_resolved = get_estimator(entropy_method).resolve_options(options)
-    from benchmarks._report import git_commit
+    if code_commit is None:
+        from benchmarks._report import git_commit
 
-    result.code_commit = git_commit()
+        code_commit = git_commit()
+    result.code_commit = code_commit
     deterministic, _ = evaluate(model, spec, setting.eval_episodes, True, seed=10_000 + spec.seed)
     stochastic, sides = evaluate(model, spec, setting.eval_episodes, False, seed=20_000 + spec.seed)
     result.deterministic_return = float(np.mean(deterministic))
@@ -346,11 +352,11 @@ def run_one(spec: RunSpec) -> RunResult:
     return result
 
 
-def _run_and_save(args: Tuple[RunSpec, str]) -> Tuple[str, float, Optional[str]]:
-    spec, out_dir = args
+def _run_and_save(args: Tuple[RunSpec, str, str]) -> Tuple[str, float, Optional[str]]:
+    spec, out_dir, code_commit = args
     path = Path(out_dir) / f"{spec.key}.json"
     try:
-        result = run_one(spec)
+        result = run_one(spec, code_commit)
     except Exception as error:  # keep the grid going; the report lists failed runs
         path.with_suffix(".failed").write_text(f"{type(error).__name__}: {error}\n")
         return spec.key, float("nan"), f"{type(error).__name__}: {error}"
@@ -361,6 +367,10 @@ def _run_and_save(args: Tuple[RunSpec, str]) -> Tuple[str, float, Optional[str]]
 def run_grid(specs: List[RunSpec], out_dir: Path, workers: int) -> None:
     import multiprocessing
 
+    from benchmarks._report import git_commit
+
+    # Stamped once: editing the checkout while a long grid runs must not relabel the runs still to come.
+    code_commit = git_commit()
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [spec for spec in specs if not (out_dir / f"{spec.key}.json").exists()]
     print(f"{len(specs)} runs in the grid, {len(specs) - len(todo)} already done, {len(todo)} to run", flush=True)
@@ -368,7 +378,7 @@ def run_grid(specs: List[RunSpec], out_dir: Path, workers: int) -> None:
     context = multiprocessing.get_context("fork")
     with context.Pool(processes=workers, maxtasksperchild=1) as pool:
         for done, (key, seconds, error) in enumerate(
-            pool.imap_unordered(_run_and_save, [(spec, str(out_dir)) for spec in todo]), start=1
+            pool.imap_unordered(_run_and_save, [(spec, str(out_dir), code_commit) for spec in todo]), start=1
         ):
             status = f"FAILED {error}" if error else f"{seconds:.0f}s"
             elapsed = time.perf_counter() - start
@@ -377,6 +387,13 @@ def run_grid(specs: List[RunSpec], out_dir: Path, workers: int) -> None:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Report
+
+
+def default_out_dir(budget: str) -> Path:
+    """Full-budget runs are the evidence behind docs/rl_results.md, so they live in the repository (a few kB each)."""
+    if budget == "full":
+        return REPO_ROOT / "docs" / "data" / "rl_compare" / budget
+    return REPO_ROOT / "runs" / "rl_compare" / budget
 
 
 def load_results(out_dir: Path) -> List[Dict[str, Any]]:
@@ -602,7 +619,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         help="entropy treatments of the GMM runs with a positive ent_coef (a smaller grid for costly envs)",
     )
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/rl_compare/<budget>)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="run folder (default docs/data/rl_compare/full, committed as the evidence; runs/rl_compare/quick)",
+    )
     parser.add_argument("--figures", type=Path, default=REPO_ROOT / "docs" / "figures")
     parser.add_argument("--report", action="store_true", help="only build the table and figures from finished runs")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
@@ -617,7 +639,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
 
     seeds = tuple(args.seeds) if args.seeds else ((0, 1, 2) if args.budget == "full" else (0,))
-    out_dir = args.out or REPO_ROOT / "runs" / "rl_compare" / args.budget
+    out_dir = args.out or default_out_dir(args.budget)
     specs = build_grid(tuple(args.envs), args.budget, seeds, tuple(args.components), tuple(args.treatments))
     if args.dry_run:
         for spec in specs:
