@@ -390,7 +390,7 @@ def run_grid(specs: List[RunSpec], out_dir: Path, workers: int) -> None:
 
 
 def default_out_dir(budget: str) -> Path:
-    """Full-budget runs are the evidence behind docs/rl_results.md, so they live in the repository (a few kB each)."""
+    """Full-budget runs are the evidence behind docs/rl_results.md, so they live in the repository (5-70 kB each)."""
     if budget == "full":
         return REPO_ROOT / "docs" / "data" / "rl_compare" / budget
     return REPO_ROOT / "runs" / "rl_compare" / budget
