@@ -66,3 +66,22 @@ def test_rl_compare_runs_a_small_grid_and_writes_its_page(tmp_path):
     text = page.read_text()
     assert "Hand-written reading." in text and "| bandit | 0.01 | gmm-K2-default | 1 |" in text
     assert (figures / "rl_bandit.png").stat().st_size > 0 and "figures/rl_bandit.png" in text
+
+
+def test_rl_results_page_matches_the_committed_runs():
+    """docs/rl_results.md's table is rebuilt from the committed run files, so neither can drift from the other."""
+    from benchmarks import rl_compare
+
+    results = rl_compare.load_results(rl_compare.default_out_dir("full"))
+    treatments, seeds = tuple(rl_compare.ENTROPY_TREATMENTS), (0, 1, 2)
+    small_envs = tuple(env_id for env_id in rl_compare.ENV_SETTINGS if env_id != "LunarLanderContinuous-v3")
+    # the two commands docs/rl_results.md gives: LunarLander runs K = 4 only
+    grid = rl_compare.build_grid(small_envs, "full", seeds, (2, 4), treatments)
+    grid += rl_compare.build_grid(("LunarLanderContinuous-v3",), "full", seeds, (4,), treatments)
+    ran = sorted(rl_compare.RunSpec(**r["spec"]).key for r in results)
+    assert ran == sorted(spec.key for spec in grid), "the committed runs are not the full grid the page describes"
+    assert all(math.isfinite(r["deterministic_return"]) and math.isfinite(r["stochastic_return"]) for r in results)
+    assert len({r["code_commit"] for r in results}) == 1, "the committed grid mixes code versions"
+    page = (rl_compare.REPO_ROOT / "docs" / "rl_results.md").read_text()
+    for line in rl_compare.results_table(results).splitlines():
+        assert line in page, f"docs/rl_results.md does not show {line!r}: re-run rl_compare.py --report --write"
