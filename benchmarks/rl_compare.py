@@ -285,11 +285,11 @@ def bandit_action_histogram(model, bins: int = 40, samples: int = 4000) -> Tuple
     return density.tolist(), fractions
 
 
-def run_one(spec: RunSpec, code_commit: Optional[str] = None) -> RunResult:
+def run_one(spec: RunSpec, code_commit: str) -> RunResult:
     """Train and evaluate one configuration.
 
     :param spec: the configuration
-    :param code_commit: the commit the grid started from (default: the checkout's commit now)
+    :param code_commit: the commit the grid started from, recorded in the result
     """
     th.set_num_threads(1)
     from stable_baselines3 import PPO
@@ -328,10 +328,6 @@ def run_one(spec: RunSpec, code_commit: Optional[str] = None) -> RunResult:
         if spec.entropy != "none":
             options = dict(getattr(model.policy, "entropy_kwargs", None) or {})
             result.entropy_kwargs_resolved = get_estimator(entropy_method).resolve_options(options)
-    if code_commit is None:
-        from benchmarks._report import git_commit
-
-        code_commit = git_commit()
     result.code_commit = code_commit
     deterministic, _ = evaluate(model, spec, setting.eval_episodes, True, seed=10_000 + spec.seed)
     stochastic, sides = evaluate(model, spec, setting.eval_episodes, False, seed=20_000 + spec.seed)
