@@ -8,7 +8,8 @@ from stable_baselines3.common.distributions import Distribution
 from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal, register_kl
 
-from sb3_gmm.entropy import MixtureParams, get_estimator, mixture_entropy, mixture_log_prob
+from sb3_gmm.entropy import MixtureParams, get_estimator, mixture_entropy
+from sb3_gmm.mixture import MixtureHeadLayout, component_log_joint, diag_gaussian_kl, mixture_log_prob
 
 # Mean-shift steps taken by mode() from the best component mean towards the nearest true peak.
 MODE_REFINEMENT_STEPS = 5
@@ -62,9 +63,7 @@ def _kl_gmm_gmm(p: GMMTorchDistribution, q: GMMTorchDistribution) -> th.Tensor:
     weights_p = log_weights_p.exp()
     weight_kl = (weights_p * (log_weights_p - log_weights_q)).sum(-1)
     normal_p, normal_q = p.component_distribution.base_dist, q.component_distribution.base_dist
-    variance_ratio = (normal_p.scale / normal_q.scale).square()
-    squared = ((normal_p.loc - normal_q.loc) / normal_q.scale).square()
-    component_kl = 0.5 * (variance_ratio + squared - 1.0 - variance_ratio.log()).sum(-1)
+    component_kl = diag_gaussian_kl(normal_p.loc, normal_p.scale.log(), normal_q.loc, normal_q.scale.log()).sum(-1)
     return weight_kl + (weights_p * component_kl).sum(-1)
 
 
@@ -128,6 +127,8 @@ class GMMDistribution(Distribution):
         self.n_components = n_components
         self.entropy_method = entropy_method
         self.state_dependent_std = state_dependent_std
+        # Where logits, means and log stds sit in the action head's output.
+        self.layout = MixtureHeadLayout(n_components, action_dim, state_dependent_std)
         self.log_std_min = float(log_std_min)
         self.log_std_max = float(log_std_max)
         self.validate_args = validate_args
@@ -143,8 +144,7 @@ class GMMDistribution(Distribution):
     @property
     def n_params(self) -> int:
         """Outputs of the action head per state."""
-        per_component = self.action_dim * (2 if self.state_dependent_std else 1)
-        return self.n_components * (1 + per_component)
+        return self.layout.n_params
 
     def proba_distribution_net(
         self, latent_dim: int, log_std_init: float = 0.0, init_mean_spread: float = 0.5
@@ -174,15 +174,15 @@ class GMMDistribution(Distribution):
         :param log_std_init: initial log std (used here only with state-dependent stds)
         :param init_mean_spread: half-width of the spread; 0 starts all means at 0
         """
-        n_components, dim = self.n_components, self.action_dim
+        n_components, dim, layout = self.n_components, self.action_dim, self.layout
         with th.no_grad():
             action_net.bias.zero_()
             if n_components > 1:
                 levels = th.linspace(-init_mean_spread, init_mean_spread, n_components)
                 spread = th.stack([levels[th.randperm(n_components)] for _ in range(dim)], dim=-1)
-                action_net.bias[n_components : n_components * (1 + dim)] = spread.reshape(-1)
+                action_net.bias[layout.means_slice] = spread.reshape(-1)
             if self.state_dependent_std:
-                action_net.bias[n_components * (1 + dim) :] = float(log_std_init)
+                action_net.bias[layout.log_stds_slice] = float(log_std_init)
 
     def proba_distribution(self, action_params: th.Tensor, log_std: Optional[th.Tensor] = None) -> "GMMDistribution":
         """Bind this batch's mixture parameters (rebinding attributes, never mutating, so shallow copies stay valid).
@@ -192,10 +192,8 @@ class GMMDistribution(Distribution):
         """
         batch_shape = action_params.shape[:-1]
         n_components, dim = self.n_components, self.action_dim
-        logits = action_params[..., :n_components]
-        means = action_params[..., n_components : n_components * (1 + dim)].reshape(*batch_shape, n_components, dim)
-        if self.state_dependent_std:
-            raw_log_std = action_params[..., n_components * (1 + dim) :].reshape(*batch_shape, n_components, dim)
+        logits, means, raw_log_std = self.layout.split(action_params)
+        if raw_log_std is not None:
             log_stds = soft_clamp(raw_log_std, self.log_std_min, self.log_std_max)
         else:
             if log_std is None:
@@ -284,8 +282,7 @@ class GMMDistribution(Distribution):
             mode_log_prob = mixture_log_prob(mode, log_weights, means, stds)
             precisions = stds.pow(-2)
             for _ in range(MODE_REFINEMENT_STEPS):
-                scaled = (mode.unsqueeze(-2) - means) / stds
-                log_joint = log_weights - 0.5 * scaled.square().sum(-1) - stds.log().sum(-1)
+                log_joint = component_log_joint(mode, log_weights, means, stds)
                 weights = th.softmax(log_joint, dim=-1).unsqueeze(-1) * precisions
                 shifted = (weights * means).sum(-2) / weights.sum(-2)
                 shifted_log_prob = mixture_log_prob(shifted, log_weights, means, stds)

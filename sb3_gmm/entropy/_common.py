@@ -5,11 +5,12 @@ Everything here is pure torch and works on explicit batch shapes: ``logits [...,
 """
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch as th
 
-LOG_2PI = math.log(2.0 * math.pi)
+from sb3_gmm.mixture import LOG_2PI, diag_gaussian_kl, mixture_log_prob  # noqa: F401  (re-exported)
+
 LOG_2PI_E = math.log(2.0 * math.pi * math.e)
 
 
@@ -132,10 +133,10 @@ def log_pairwise_overlaps(params: MixtureParams) -> th.Tensor:
 
 def pairwise_kl(params: MixtureParams) -> th.Tensor:
     """``KL(N_i || N_j)`` for every pair, shape ``[..., K, K]``."""
-    log_var_ratio = 2.0 * (params.log_stds.unsqueeze(-3) - params.log_stds.unsqueeze(-2))  # log s_j^2 / s_i^2
-    variance_ratio = th.exp(-log_var_ratio)  # s_i^2 / s_j^2
-    scaled_diff = pairwise_differences(params.means) / params.stds.unsqueeze(-3)
-    return 0.5 * (variance_ratio + scaled_diff.square() - 1.0 + log_var_ratio).sum(-1)
+    means, log_stds = params.means, params.log_stds
+    return diag_gaussian_kl(
+        means.unsqueeze(-2), log_stds.unsqueeze(-2), means.unsqueeze(-3), log_stds.unsqueeze(-3)
+    ).sum(-1)
 
 
 def pairwise_chernoff(params: MixtureParams, alpha: float) -> th.Tensor:
@@ -161,22 +162,3 @@ def pairwise_estimate(params: MixtureParams, log_kernel: th.Tensor) -> th.Tensor
     """
     inner = th.logsumexp(params.log_weights.unsqueeze(-2) + log_kernel, dim=-1)
     return weighted_sum(params.log_weights, gaussian_entropies(params.log_stds) - inner)
-
-
-def mixture_log_prob(
-    x: th.Tensor, log_weights: th.Tensor, means: th.Tensor, stds: th.Tensor, log_stds: Optional[th.Tensor] = None
-) -> th.Tensor:
-    """Exact log density of a diagonal GMM: ``x [..., D]`` against parameters with batch shape ``[...]``.
-
-    :param x: points ``[..., D]``
-    :param log_weights: normalised log weights ``[..., K]``
-    :param means: component means ``[..., K, D]``
-    :param stds: component stds, ``[..., K, D]`` or anything broadcasting to it (e.g. a shared ``[K, D]``)
-    :param log_stds: ``stds.log()`` when the caller has it
-    """
-    if log_stds is None:
-        log_stds = stds.log()
-    scaled = (x.unsqueeze(-2) - means) / stds
-    # The normaliser is computed at the stds' own (possibly unbatched) shape before broadcasting.
-    log_normalisers = log_stds.sum(-1) + 0.5 * means.shape[-1] * LOG_2PI
-    return th.logsumexp(log_weights - log_normalisers - 0.5 * scaled.square().sum(-1), dim=-1)

@@ -12,8 +12,9 @@ components it is accurate, for overlapping ones the series can diverge (the poin
 
 import torch as th
 
-from sb3_gmm.entropy._common import LOG_2PI, MixtureParams, pairwise_differences, weighted_sum
+from sb3_gmm.entropy._common import MixtureParams, pairwise_differences, weighted_sum
 from sb3_gmm.entropy.registry import Option, one_of, register
+from sb3_gmm.mixture import component_log_joint
 
 
 def _expected_taylor_log_density(params: MixtureParams, order: int) -> th.Tensor:
@@ -21,12 +22,14 @@ def _expected_taylor_log_density(params: MixtureParams, order: int) -> th.Tensor
     precisions = th.exp(-2.0 * params.log_stds)  # [..., K, D]
     diff = pairwise_differences(params.means)  # mu_i - mu_j, [..., K(i), K(j), D]
     precision_j = precisions.unsqueeze(-3)
-    log_joint = (
-        params.log_weights.unsqueeze(-2)
-        - 0.5 * params.dim * LOG_2PI
-        - params.log_stds.sum(-1).unsqueeze(-2)
-        - 0.5 * (diff.square() * precision_j).sum(-1)
-    )  # log w_j N_j(mu_i), [..., K(i), K(j)]
+    # log w_j N_j(mu_i), [..., K(i), K(j)]: the component means are the points, the components a new axis.
+    log_joint = component_log_joint(
+        params.means,
+        params.log_weights.unsqueeze(-2),
+        params.means.unsqueeze(-3),
+        params.stds.unsqueeze(-3),
+        params.log_stds.unsqueeze(-3),
+    )
     log_density = th.logsumexp(log_joint, dim=-1)
     if order == 0:
         return log_density
