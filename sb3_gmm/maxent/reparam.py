@@ -1,0 +1,192 @@
+"""Pathwise gradients through a diagonal Gaussian mixture sample.
+
+A mixture sample draws a component index, which has no gradient: with ``a = mu_k + s_k * eps`` the weights never
+learn from ``f(a)``. Implicit reparameterization (Graves 2016, "Stochastic backpropagation through mixture density
+distributions"; Figurnov et al. 2018, "Implicit reparameterization gradients") differentiates the sample through
+its CDF instead. Written autoregressively over dimensions, the conditional of coordinate ``d`` given the earlier ones
+is a 1-D mixture with responsibilities ``pi_k(x_<d) ∝ w_k prod_{j<d} N(x_j; mu_kj, s_kj)``, CDF
+``F_d = sum_k pi_k Phi((x_d - mu_kd) / s_kd)`` and density ``p_d``. Holding ``F_d(x_d | x_<d; theta) = u_d`` fixed
+gives the exact pathwise derivative ``dx_d/dtheta = -(dF_d/dtheta + dF_d/dx_<d . dx_<d/dtheta) / p_d``, which
+:func:`implicit_mixture_surrogate` builds into a tensor whose value is the sample itself.
+
+:func:`marginalized_mixture_expectation` is the per-component estimator of He et al. 2026 ("Revisiting Mixture
+Policies in Entropy-Regularized Actor-Critic"), kept as a variance reference: it evaluates ``f`` at a sample of every
+component, so a loss built on it sees K actions per state, which stock SAC's actor loss does not.
+
+Pure torch. Shapes follow :mod:`sb3_gmm.mixture`: ``log_weights [..., K]``, ``means [..., K, D]``, ``stds [..., K, D]``
+(or anything broadcasting to it).
+"""
+
+import math
+from typing import Callable, Optional, Tuple
+
+import torch as th
+
+# log_ndtr's backward loses accuracy, then returns inf or NaN, far out in the tails (float32 at z = -1e3 is 5 % off,
+# z = -1e30 gives NaN); a component that far from the sample has a CDF and density below exp(-2e4) relative to any
+# other, so freezing its argument changes nothing but keeps a 0 * NaN out of the backward pass.
+_CDF_ARGUMENT_LIMIT = 200.0
+
+# Fraction of log(dtype max) allowed for log(F_d / p_d). The ratio is a length (at most ~1.25 s for one Gaussian); it
+# only grows large for samples whose density is astronomically small (z beyond ~6.6 in float32), and there the cap
+# keeps the gradient finite at the price of a bias at points that are essentially never drawn.
+_LOG_RATIO_CAP_FRACTION = 0.25
+
+
+def _check_shapes(log_weights: th.Tensor, means: th.Tensor, stds: th.Tensor) -> Tuple[int, int]:
+    """Return ``(K, D)`` or raise a ValueError that names the inconsistent argument."""
+    if means.dim() < 2:
+        raise ValueError(f"means must have shape [..., K, D], got shape {tuple(means.shape)}; add the component axis")
+    n_components, action_dim = means.shape[-2], means.shape[-1]
+    if log_weights.dim() < 1 or log_weights.shape[-1] != n_components:
+        raise ValueError(
+            f"log_weights must have shape [..., K] with K={n_components} (from means {tuple(means.shape)}), "
+            f"got shape {tuple(log_weights.shape)}; pass th.log_softmax(logits, dim=-1)"
+        )
+    try:
+        th.broadcast_shapes(means.shape, stds.shape)
+    except RuntimeError as error:
+        raise ValueError(
+            f"stds of shape {tuple(stds.shape)} does not broadcast to means of shape {tuple(means.shape)}; "
+            "pass stds as [..., K, D] or a shared [K, D]"
+        ) from error
+    return n_components, action_dim
+
+
+def implicit_mixture_surrogate(
+    samples: th.Tensor,
+    log_weights: th.Tensor,
+    means: th.Tensor,
+    stds: th.Tensor,
+    log_stds: Optional[th.Tensor] = None,
+) -> th.Tensor:
+    """Attach the implicit-reparameterization gradient to given mixture samples.
+
+    The value returned equals ``samples`` exactly; its gradient with respect to ``log_weights``, ``means``, ``stds``
+    (and ``log_stds``) is the pathwise derivative of the sample holding its conditional CDFs fixed. Unbiased when
+    ``samples`` are draws from the mixture with these parameters. Everything is in log space: per coordinate the
+    smaller of the CDF and the survival function is differentiated, so far tails and near-one-hot weights keep
+    finite gradients. Cost: O(K D) per sample, a loop over the D coordinates.
+
+    :param samples: mixture draws ``[..., D]`` (their own gradient, if any, is ignored)
+    :param log_weights: normalised log weights ``[..., K]``
+    :param means: component means ``[..., K, D]``
+    :param stds: component stds ``[..., K, D]`` or anything broadcasting to it
+    :param log_stds: ``stds.log()`` when the caller has it (the gradient then also flows through it)
+    :return: ``samples`` with the pathwise gradient, ``[..., D]``
+    """
+    _check_shapes(log_weights, means, stds)
+    if samples.shape[-1] != means.shape[-1]:
+        raise ValueError(
+            f"samples must have shape [..., D] with D={means.shape[-1]} (from means {tuple(means.shape)}), "
+            f"got shape {tuple(samples.shape)}"
+        )
+    if log_stds is None:
+        log_stds = stds.log()
+    samples = samples.detach()
+    log_ratio_cap = _LOG_RATIO_CAP_FRACTION * math.log(th.finfo(samples.dtype).max)
+    # Responsibilities given the coordinates handled so far, kept normalised so they cannot drift towards -inf.
+    log_responsibilities = log_weights - th.logsumexp(log_weights, dim=-1, keepdim=True)
+    surrogate_coordinates = []
+    for dim in range(means.shape[-1]):
+        coordinate = samples[..., dim : dim + 1]  # [..., 1], held fixed: F_d is differentiated at the drawn value
+        component_means, component_stds = means[..., dim], stds[..., dim]
+        standardized = (coordinate - component_means) / component_stds
+        clamped = standardized.clamp(-_CDF_ARGUMENT_LIMIT, _CDF_ARGUMENT_LIMIT)
+        log_cdf = th.logsumexp(log_responsibilities + th.special.log_ndtr(clamped), dim=-1)
+        log_survival = th.logsumexp(log_responsibilities + th.special.log_ndtr(-clamped), dim=-1)
+        log_component_density = -0.5 * standardized.square() - log_stds[..., dim] - 0.5 * math.log(2.0 * math.pi)
+        log_density = th.logsumexp(log_responsibilities + log_component_density, dim=-1)
+        with th.no_grad():
+            # dF = F dlog F = -S dlog S: differentiate whichever tail mass is smaller, it is the one stored accurately.
+            use_cdf = log_cdf <= log_survival
+            log_ratio = (th.where(use_cdf, log_cdf, log_survival) - log_density).clamp(max=log_ratio_cap)
+            ratio = log_ratio.exp()
+            cdf_coefficient = th.where(use_cdf, ratio, th.zeros_like(ratio))
+            survival_coefficient = th.where(use_cdf, th.zeros_like(ratio), ratio)
+        # Value: exactly the sample (both brackets are 0). Gradient: -dF/p = -(F/p) dlog F = (S/p) dlog S.
+        surrogate = (
+            coordinate.squeeze(-1)
+            - cdf_coefficient * (log_cdf - log_cdf.detach())
+            + survival_coefficient * (log_survival - log_survival.detach())
+        )
+        surrogate_coordinates.append(surrogate)
+        if dim + 1 < means.shape[-1]:
+            # Later coordinates condition on this one through its surrogate, which carries dx_d/dtheta.
+            surrogate_standardized = (surrogate.unsqueeze(-1) - component_means) / component_stds
+            log_joint = log_responsibilities - 0.5 * surrogate_standardized.square() - log_stds[..., dim]
+            log_responsibilities = log_joint - th.logsumexp(log_joint, dim=-1, keepdim=True)
+    return th.stack(surrogate_coordinates, dim=-1)
+
+
+def implicit_mixture_sample(
+    log_weights: th.Tensor,
+    means: th.Tensor,
+    stds: th.Tensor,
+    log_stds: Optional[th.Tensor] = None,
+) -> th.Tensor:
+    """Draw from a diagonal Gaussian mixture, with the implicit-reparameterization gradient.
+
+    The value is an exact draw: a component per batch entry by Gumbel-max on the detached weights, then
+    ``mean + std * eps`` of that component. The gradient reaches the weights as well as the means and stds (see
+    :func:`implicit_mixture_surrogate`). With K = 1 no component is drawn and the result is exactly
+    ``Normal(means[..., 0, :], stds[..., 0, :]).rsample()`` (same random stream, same value, same gradient), so a
+    one-component mixture actor reproduces SB3's Gaussian SAC actor.
+
+    :param log_weights: normalised log weights ``[..., K]`` (e.g. ``th.log_softmax(logits, dim=-1)``)
+    :param means: component means ``[..., K, D]``
+    :param stds: component stds ``[..., K, D]`` or anything broadcasting to it
+    :param log_stds: ``stds.log()`` when the caller has it
+    :return: samples ``[..., D]``
+    """
+    n_components, action_dim = _check_shapes(log_weights, means, stds)
+    if n_components == 1:
+        # Exactly torch's Normal.rsample: eps of the broadcast shape from empty().normal_(), then loc + eps * scale.
+        component_means, component_stds = th.broadcast_tensors(means[..., 0, :], stds[..., 0, :])
+        eps = th.empty(component_means.shape, dtype=component_means.dtype, device=component_means.device).normal_()
+        return component_means + eps * component_stds
+    batch_shape = th.broadcast_shapes(log_weights.shape[:-1], means.shape[:-2], stds.shape[:-2])
+    means = means.expand(*batch_shape, n_components, action_dim)
+    stds = stds.expand(*batch_shape, n_components, action_dim)
+    if log_stds is not None:
+        log_stds = log_stds.expand(*batch_shape, n_components, action_dim)
+    log_weights = log_weights.expand(*batch_shape, n_components)
+    with th.no_grad():
+        # Gumbel-max as in GMMDistribution.sample: argmax(log w - log E), E ~ Exp(1), is an exact categorical draw.
+        negative_gumbel = th.empty_like(log_weights).exponential_().log_()
+        components = (log_weights - negative_gumbel).argmax(-1)
+        index = components.view(*batch_shape, 1, 1).expand(*batch_shape, 1, action_dim)
+        component_means = means.gather(-2, index).squeeze(-2)
+        component_stds = stds.gather(-2, index).squeeze(-2)
+        samples = component_means + component_stds * th.randn_like(component_means)
+    return implicit_mixture_surrogate(samples, log_weights, means, stds, log_stds)
+
+
+def marginalized_mixture_expectation(
+    fn: Callable[[th.Tensor], th.Tensor],
+    log_weights: th.Tensor,
+    means: th.Tensor,
+    stds: th.Tensor,
+    n_samples: int = 1,
+) -> th.Tensor:
+    """He et al.'s marginalized estimate of ``E_pi[fn]``: ``sum_k w_k mean_s fn(mu_k + s_k eps_ks)``.
+
+    Every component is sampled, so the weights get the exact gradient ``w_k (mean_s fn_k - ...)`` with no index
+    draw, and the means and stds an ordinary reparameterization gradient. It costs ``K * n_samples`` evaluations of
+    ``fn`` per batch entry: a loss built on it needs K actions per state (K critic calls), which is why it cannot
+    replace the sample inside stock SAC's actor loss. Here it is a reference for gradient-variance measurements.
+
+    :param fn: maps points ``[..., D]`` to values ``[...]``
+    :param log_weights: normalised log weights ``[..., K]``
+    :param means: component means ``[..., K, D]``
+    :param stds: component stds ``[..., K, D]`` or anything broadcasting to it
+    :param n_samples: Gaussian draws per component
+    :return: the estimate, ``[...]`` (the batch shape)
+    """
+    _check_shapes(log_weights, means, stds)
+    if not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    component_means, component_stds = th.broadcast_tensors(means, stds)
+    eps = th.randn((n_samples, *component_means.shape), dtype=component_means.dtype, device=component_means.device)
+    values = fn(component_means + component_stds * eps)  # [n_samples, ..., K]
+    return (log_weights.exp() * values.mean(0)).sum(-1)
