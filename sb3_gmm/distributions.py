@@ -8,6 +8,7 @@ from stable_baselines3.common.distributions import Distribution
 from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal, register_kl
 
+import sb3_gmm.entropy as entropy_package
 from sb3_gmm.entropy import MixtureParams, get_estimator, mixture_entropy
 from sb3_gmm.mixture import MixtureHeadLayout, component_log_joint, diag_gaussian_kl, mixture_log_prob
 
@@ -15,6 +16,12 @@ from sb3_gmm.mixture import MixtureHeadLayout, component_log_joint, diag_gaussia
 MODE_REFINEMENT_STEPS = 5
 # Log stds are the identity this far inside their bounds and saturate smoothly over the last stretch.
 LOG_STD_SOFT_MARGIN = 0.5
+# What usually makes a policy head output NaN or inf, and what to do about it.
+NON_FINITE_CAUSES = (
+    "likely causes: NaN or inf observations (check the env and VecNormalize's statistics; wrap the env in "
+    "stable_baselines3.common.vec_env.VecCheckNan to find the step), or a diverged network (lower the learning "
+    "rate, clip gradients with max_grad_norm)"
+)
 
 
 def soft_clamp(values: th.Tensor, low: float, high: float, margin: float = LOG_STD_SOFT_MARGIN) -> th.Tensor:
@@ -43,6 +50,11 @@ def soft_clamp(values: th.Tensor, low: float, high: float, margin: float = LOG_S
     above = high - margin * th.exp(-(values - inner_high).clamp(min=0.0) / margin)
     below = low + margin * th.exp(-(inner_low - values).clamp(min=0.0) / margin)
     return th.where(values > inner_high, above, th.where(values < inner_low, below, values))
+
+
+def validation_enabled() -> bool:
+    """The entropy package's switch (:func:`sb3_gmm.entropy.set_validate_args`), read on every call."""
+    return bool(entropy_package._validate_args)
 
 
 class GMMTorchDistribution(MixtureSameFamily):
@@ -78,7 +90,8 @@ class GMMDistribution(Distribution):
 
     :param action_dim: dimension D of the (flattened) action
     :param n_components: number of mixture components K
-    :param entropy_method: a method of :data:`sb3_gmm.entropy.ESTIMATORS`; None uses the library default
+    :param entropy_method: a method of :data:`sb3_gmm.entropy.ESTIMATORS`; None uses the library default, resolved
+        here (``entropy_method`` then holds its name, so a saved policy keeps its estimator if the default changes)
     :param entropy_kwargs: options of that method (e.g. ``dict(n_points=32)``), checked here so a typo fails early
     :param state_dependent_std: the head outputs the log stds (True) or they are a free parameter (False)
     :param log_std_min: lower bound of every component's log std. The default -5 (std 0.0067, well below any
@@ -86,8 +99,10 @@ class GMMDistribution(Distribution):
         one rewarded action and its log density grows without limit (A2C's unclipped objective rewards exactly that)
     :param log_std_max: upper bound of every log std. The default 2 (std 7.4, SAC's bound too) is already far wider
         than a typical action range; wider stds only produce clipped actions
-    :param validate_args: check the mixture parameters on every entropy call (catches NaN from the network);
-        None follows :func:`sb3_gmm.entropy.set_validate_args` (on unless switched off)
+    :param validate_args: check, once per :meth:`proba_distribution`, that the network's mixture parameters are
+        finite, so NaN from the network raises instead of reaching actions, log_prob or entropy (one fused
+        reduction and one device sync per batch); None follows :func:`sb3_gmm.entropy.set_validate_args` (on
+        unless switched off)
     """
 
     def __init__(
@@ -125,7 +140,7 @@ class GMMDistribution(Distribution):
             raise ValueError(f"entropy_kwargs: {error}") from None
         self.action_dim = action_dim
         self.n_components = n_components
-        self.entropy_method = entropy_method
+        self.entropy_method = estimator.name
         self.state_dependent_std = state_dependent_std
         # Where logits, means and log stds sit in the action head's output.
         self.layout = MixtureHeadLayout(n_components, action_dim, state_dependent_std)
@@ -190,14 +205,34 @@ class GMMDistribution(Distribution):
         :param action_params: head output ``[B, n_params]``
         :param log_std: the ``[K, D]`` log-std parameter when stds are state independent
         """
-        batch_shape = action_params.shape[:-1]
         n_components, dim = self.n_components, self.action_dim
+        if not isinstance(action_params, th.Tensor) or action_params.dim() < 1:
+            raise ValueError(
+                f"action_params must be the action head's output, a tensor [..., {self.n_params}], got "
+                f"{action_params.shape if isinstance(action_params, th.Tensor) else type(action_params).__name__}"
+            )
+        batch_shape = action_params.shape[:-1]
         logits, means, raw_log_std = self.layout.split(action_params)
+        if raw_log_std is not None:
+            if log_std is not None:
+                raise ValueError(
+                    "log_std must be None with state_dependent_std=True: the action head outputs the log stds"
+                )
+        elif log_std is None:
+            raise ValueError(
+                "log_std is required when state_dependent_std=False: pass the [K, D] parameter created by "
+                "proba_distribution_net()"
+            )
+        elif log_std.shape != (n_components, dim):
+            raise ValueError(
+                f"log_std must have shape (K, D) = {(n_components, dim)}, the parameter created by "
+                f"proba_distribution_net(), got {tuple(log_std.shape)}"
+            )
+        if self._validation_enabled():
+            self._check_finite(action_params, log_std)
         if raw_log_std is not None:
             log_stds = soft_clamp(raw_log_std, self.log_std_min, self.log_std_max)
         else:
-            if log_std is None:
-                raise ValueError("log_std is required when state_dependent_std=False")
             # Bound and exponentiate the [K, D] parameter once; log_prob broadcasts it, stds is an expanded view.
             log_stds = soft_clamp(log_std, self.log_std_min, self.log_std_max)
         compact_stds = log_stds.exp()
@@ -209,6 +244,55 @@ class GMMDistribution(Distribution):
         self._compact_stds = compact_stds
         return self
 
+    def _validation_enabled(self) -> bool:
+        """Whether :meth:`proba_distribution` checks its parameters (``validate_args``, or the entropy switch)."""
+        return validation_enabled() if self.validate_args is None else bool(self.validate_args)
+
+    def _check_finite(self, action_params: th.Tensor, log_std: Optional[th.Tensor]) -> None:
+        """Raise a ValueError naming the first batch index whose mixture parameters are NaN or inf.
+
+        :param action_params: head output ``[..., n_params]``
+        :param log_std: the ``[K, D]`` log-std parameter when stds are state independent, else None
+        """
+        # One reduction and one device sync on the happy path (any NaN or inf makes the sum non-finite); the
+        # element-wise search below runs only to name the culprit, and passes if the sum merely overflowed.
+        total = action_params.detach().sum()
+        if log_std is not None:
+            total = total + log_std.detach().sum()
+        if math.isfinite(total.item()):
+            return
+        with th.no_grad():
+            if log_std is not None and not bool(th.isfinite(log_std).all()):
+                raise ValueError(
+                    "GMMDistribution: the log_std parameter (the [K, D] log stds shared by every state) is non-finite "
+                    f"(NaN or inf), so the mixture parameters of every state are; {NON_FINITE_CAUSES}"
+                )
+            finite = th.isfinite(action_params)
+            bad_states = ~finite.all(-1)
+            if not bool(bad_states.any()):
+                return
+            first_bad = tuple(bad_states.nonzero()[0].tolist())
+            layout = self.layout
+            columns = {"logits": slice(0, self.n_components), "means": layout.means_slice}
+            if self.state_dependent_std:
+                columns["log stds"] = layout.log_stds_slice
+            bad_parts = [name for name, part in columns.items() if not bool(finite[first_bad][part].all())]
+            index = first_bad[0] if len(first_bad) == 1 else first_bad
+            raise ValueError(
+                f"GMMDistribution: the mixture parameters from the policy network are non-finite (NaN or inf) at "
+                f"batch index {index} ({', '.join(bad_parts)}; {int(bad_states.sum())} of {bad_states.numel()} "
+                f"states affected); {NON_FINITE_CAUSES}. (This check follows validate_args / the policy's "
+                "entropy_validate_args, or sb3_gmm.entropy.set_validate_args when those are None.)"
+            )
+
+    def _require_bound(self, method: str) -> None:
+        """Raise a clear error when ``method`` is called before any parameters were bound."""
+        if self._log_weights is None:
+            raise RuntimeError(
+                f"GMMDistribution.{method}() needs the mixture parameters of a batch: call "
+                "proba_distribution(action_params, log_std) first (a policy's get_distribution(obs) does)"
+            )
+
     @property
     def distribution(self) -> GMMTorchDistribution:  # type: ignore[override]
         """A torch ``MixtureSameFamily`` of the current parameters (SB3's ``kl_divergence`` reads it).
@@ -216,27 +300,25 @@ class GMMDistribution(Distribution):
         Built on access from ``logits``, ``means`` and ``stds``, so it always matches them (also in shallow copies)
         and costs nothing on the rollout path, which never reads it.
         """
+        self._require_bound("distribution")
         return GMMTorchDistribution(
             Categorical(logits=self.logits, validate_args=False),
             Independent(Normal(self.means, self.stds, validate_args=False), 1, validate_args=False),
             validate_args=False,
         )
 
-    @distribution.setter
-    def distribution(self, value: Any) -> None:
-        if value is not None:
-            raise AttributeError("GMMDistribution.distribution is derived from logits, means and stds")
-
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
         """Exact log density of ``actions [B, D]`` under the mixture (logsumexp over components), shape ``[B]``."""
+        self._require_bound("log_prob")
         return mixture_log_prob(actions, self._log_weights, self.means, self._compact_stds, log_stds=self._log_stds)
 
     def entropy(self) -> th.Tensor:
         """Entropy estimate ``[B]`` from :func:`sb3_gmm.entropy.gmm_entropy` with the configured method."""
+        self._require_bound("entropy")
         params = MixtureParams(self._log_weights, self.means, self.stds, self._log_stds.expand_as(self.means))
-        return mixture_entropy(
-            params, method=self.entropy_method, validate_args=self.validate_args, **self.entropy_kwargs
-        )
+        # proba_distribution has already checked these parameters (when validation is on) and built them with the
+        # right shapes: checking again here would cost a second device sync per batch.
+        return mixture_entropy(params, method=self.entropy_method, validate_args=False, **self.entropy_kwargs)
 
     def sample(self) -> th.Tensor:
         """Draw a component per state from the weights, then a reparameterised Gaussian sample from it.
@@ -244,6 +326,7 @@ class GMMDistribution(Distribution):
         No gradient flows through the component index; PPO, A2C and TRPO only need ``log_prob`` of the samples.
         With one component no index is drawn, so the random stream (and the sample) is the plain Gaussian's.
         """
+        self._require_bound("sample")
         if self.n_components == 1:
             means, stds = self.means.squeeze(-2), self.stds.squeeze(-2)
             return means + stds * th.randn_like(means)
@@ -268,6 +351,7 @@ class GMMDistribution(Distribution):
         means; a step is kept only where it raised the density, so the result is never worse than the best mean.
         With one component it is exactly the mean.
         """
+        self._require_bound("mode")
         with th.no_grad():
             log_weights = self._log_weights
             means, stds = self.means, self.stds

@@ -5,7 +5,7 @@
 """
 
 from functools import partial
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Type
 
 import numpy as np
 import torch as th
@@ -25,11 +25,16 @@ class GMMPolicyMixin:
     """Replaces SB3's action distribution with a :class:`GMMDistribution`; shared by every GMM policy.
 
     Only ``Box`` action spaces are supported (any shape: the mixture lives on the flattened action, and SB3 reshapes
-    actions back). gSDE (``use_sde=True``) is rejected.
+    actions back). gSDE (``use_sde=True``) is rejected. ``Dict`` observation spaces get SB3's ``CombinedExtractor``
+    unless ``features_extractor_class`` is given, as SB3's MultiInput policies do.
+
+    Subclasses change the distribution by setting the class attribute ``distribution_class`` (as SB3's policies
+    choose theirs): a :class:`GMMDistribution` subclass, built once with GMMDistribution's constructor arguments
+    and rebound to every batch by ``proba_distribution``.
 
     :param n_components: number of mixture components K (default 4; 1 reproduces SB3's Gaussian MlpPolicy)
     :param entropy_method: entropy estimator, a name of ``sb3_gmm.entropy.ESTIMATORS``; None (default) is the
-        library default (``sb3_gmm.entropy.DEFAULT_METHOD``)
+        library default (``sb3_gmm.entropy.DEFAULT_METHOD``), resolved at construction: the policy saves the name
     :param entropy_kwargs: options of that estimator, e.g. ``dict(n_points=32)``; checked at construction
     :param state_dependent_std: False (default): the log stds are one learned ``[K, D]`` parameter named
         ``log_std``, like SB3's MlpPolicy (PPO/A2C/TRPO log ``train/std`` from it); True: the action head outputs
@@ -42,9 +47,13 @@ class GMMPolicyMixin:
         action dimension, in a random order per dimension, through the head's bias (default 0.5, a quarter of
         the usual [-1, 1] / [-2, 2] action range: components start distinct but inside it). 0 starts them together,
         and then they stay identical
-    :param entropy_validate_args: check the mixture parameters in every entropy call; None (default) follows
+    :param entropy_validate_args: check that the mixture parameters from the network are finite on every forward
+        pass (rollout and training), so NaN raises a ValueError instead of reaching the env; None (default) follows
         ``sb3_gmm.entropy.set_validate_args``
     """
+
+    # The action distribution built in __init__; a subclass may set a GMMDistribution subclass here.
+    distribution_class: Type[GMMDistribution] = GMMDistribution
 
     def __init__(
         self,
@@ -76,8 +85,11 @@ class GMMPolicyMixin:
             )
         if not (isinstance(init_mean_spread, (int, float)) and 0 <= init_mean_spread < float("inf")):
             raise ValueError(f"init_mean_spread must be a finite number >= 0, got {init_mean_spread!r}")
+        if isinstance(observation_space, spaces.Dict):
+            # The default FlattenExtractor cannot take a dict of tensors.
+            kwargs.setdefault("features_extractor_class", CombinedExtractor)
         # ActorCriticPolicy builds the networks inside its constructor: everything _build needs is set first.
-        self.gmm_distribution = GMMDistribution(
+        self.gmm_distribution = self.distribution_class(
             get_action_dim(action_space),
             n_components=n_components,
             entropy_method=entropy_method,
@@ -96,8 +108,8 @@ class GMMPolicyMixin:
         return self.gmm_distribution.n_components
 
     @property
-    def entropy_method(self) -> Optional[str]:
-        """The entropy estimator's name (None: the library default)."""
+    def entropy_method(self) -> str:
+        """The entropy estimator's name (the library default already resolved)."""
         return self.gmm_distribution.entropy_method
 
     @property
@@ -140,10 +152,11 @@ class GMMPolicyMixin:
 
     def _get_constructor_parameters(self) -> Dict[str, Any]:
         data = super()._get_constructor_parameters()
-        for key in ("use_sde", "full_std", "use_expln", "sde_net_arch"):
+        for key in ("use_sde", "full_std", "use_expln"):
             data.pop(key, None)
         data.update(
             n_components=self.gmm_distribution.n_components,
+            # The resolved name, never None: a saved model keeps its estimator if the library default changes.
             entropy_method=self.gmm_distribution.entropy_method,
             entropy_kwargs=dict(self.gmm_distribution.entropy_kwargs),
             state_dependent_std=self.gmm_distribution.state_dependent_std,
@@ -175,11 +188,11 @@ class GMMActorCriticCnnPolicy(GMMPolicyMixin, ActorCriticPolicy):
 
 
 class GMMMultiInputActorCriticPolicy(GMMPolicyMixin, ActorCriticPolicy):
-    """Dict-observation actor-critic with a Gaussian-mixture head (the GMM ``MultiInputPolicy``)."""
+    """Dict-observation actor-critic with a Gaussian-mixture head (the GMM ``MultiInputPolicy``).
 
-    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule: Schedule, **kwargs):
-        kwargs.setdefault("features_extractor_class", CombinedExtractor)
-        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
+    The same as :class:`GMMActorCriticPolicy`, which already picks ``CombinedExtractor`` for ``Dict`` observations;
+    kept so that SB3's policy names have a GMM counterpart.
+    """
 
 
 class GMMRecurrentActorCriticPolicy(GMMPolicyMixin, RecurrentActorCriticPolicy):
@@ -201,3 +214,11 @@ class GMMRecurrentActorCriticPolicy(GMMPolicyMixin, RecurrentActorCriticPolicy):
             lstm_kwargs=dict(self.lstm_kwargs),
         )
         return data
+
+
+class GMMRecurrentMultiInputActorCriticPolicy(GMMRecurrentActorCriticPolicy):
+    """Dict-observation LSTM actor-critic with a Gaussian-mixture head (the GMM ``MultiInputLstmPolicy``).
+
+    The same as :class:`GMMRecurrentActorCriticPolicy`, which already picks ``CombinedExtractor`` for ``Dict``
+    observations; kept so that sb3-contrib's policy names have a GMM counterpart.
+    """

@@ -9,6 +9,7 @@ from sb3_contrib import TRPO, RecurrentPPO
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import CombinedExtractor
 
 from sb3_gmm import (
     GMMActorCriticCnnPolicy,
@@ -17,6 +18,7 @@ from sb3_gmm import (
     GMMMultiInputActorCriticPolicy,
     GMMRecurrentActorCriticPolicy,
 )
+from sb3_gmm.policies import GMMRecurrentMultiInputActorCriticPolicy
 
 SMALL_NET = dict(net_arch=dict(pi=[16], vf=[16]))
 
@@ -147,13 +149,72 @@ def test_cnn_and_multi_input_policies():
     assert isinstance(model.policy.action_dist, GMMDistribution)
     assert model.predict(image_env.observation_space.sample(), deterministic=True)[0].shape == (2,)
 
-    dict_env = BoxActionEnv((2,))
-    dict_env.observation_space = spaces.Dict(
-        {"a": spaces.Box(-1, 1, (3,), dtype=np.float32), "b": spaces.Box(-1, 1, (2,), dtype=np.float32)}
+    # The MultiInput name and the plain policy alike: a Dict space gets SB3's CombinedExtractor by default.
+    for policy in (GMMMultiInputActorCriticPolicy, GMMActorCriticPolicy):
+        dict_env = DictObservationEnv()
+        model = PPO(policy, dict_env, n_steps=32, batch_size=32, n_epochs=1, seed=0)
+        model.learn(32)
+        assert isinstance(model.policy.features_extractor, CombinedExtractor)
+        assert model.predict(dict_env.observation_space.sample(), deterministic=True)[0].shape == (2,)
+
+
+class DictObservationEnv(BoxActionEnv):
+    """BoxActionEnv with a Dict observation whose parts come from different Box spaces."""
+
+    def __init__(self):
+        super().__init__((2,))
+        self.observation_space = spaces.Dict(
+            {"a": spaces.Box(-1, 1, (3,), dtype=np.float32), "b": spaces.Box(-1, 1, (2,), dtype=np.float32)}
+        )
+
+
+@pytest.mark.parametrize("policy", [GMMRecurrentActorCriticPolicy, GMMRecurrentMultiInputActorCriticPolicy])
+def test_recurrent_policy_on_dict_observations_learns_and_predicts(policy):
+    env = DictObservationEnv()
+    policy_kwargs = dict(n_components=2, lstm_hidden_size=16, **SMALL_NET)
+    model = RecurrentPPO(policy, env, n_steps=64, batch_size=64, n_epochs=2, policy_kwargs=policy_kwargs, seed=0)
+    assert isinstance(model.policy.features_extractor, CombinedExtractor)
+    before = model.policy.action_net.weight.detach().clone()
+    model.learn(256)
+    assert not th.equal(before, model.policy.action_net.weight)
+    obs = {key: np.stack([space.sample() for _ in range(3)]) for key, space in env.observation_space.spaces.items()}
+    actions, _ = model.predict(obs, episode_start=np.ones(3, dtype=bool), deterministic=True)
+    assert actions.shape == (3, 2) and np.isfinite(actions).all()
+    again, _ = model.predict(obs, episode_start=np.ones(3, dtype=bool), deterministic=True)
+    np.testing.assert_array_equal(actions, again)
+
+
+class CountingGMMDistribution(GMMDistribution):
+    """A GMMDistribution whose entropy is unknown (SB3 then uses -log pi), counting its entropy calls."""
+
+    entropy_calls = 0
+
+    def entropy(self) -> None:  # type: ignore[override]
+        type(self).entropy_calls += 1
+        return None
+
+
+class CountingGMMPolicy(GMMActorCriticPolicy):
+    distribution_class = CountingGMMDistribution
+
+
+def test_distribution_class_hook_builds_the_policys_distribution():
+    CountingGMMDistribution.entropy_calls = 0
+    policy_kwargs = dict(n_components=3, entropy_method="pairwise_bhattacharyya", **SMALL_NET)
+    model = PPO(
+        CountingGMMPolicy, "Pendulum-v1", n_steps=64, batch_size=32, n_epochs=2, policy_kwargs=policy_kwargs, seed=0
     )
-    model = PPO(GMMMultiInputActorCriticPolicy, dict_env, n_steps=32, batch_size=32, n_epochs=1, seed=0)
-    model.learn(32)
-    assert model.predict(dict_env.observation_space.sample(), deterministic=True)[0].shape == (2,)
+    distribution = model.policy.action_dist
+    assert type(distribution) is CountingGMMDistribution and model.policy.gmm_distribution is distribution
+    assert distribution.n_components == 3 and distribution.entropy_method == "pairwise_bhattacharyya"
+    before = model.policy.action_net.weight.detach().clone()
+    model.learn(128)
+    # Two iterations of two epochs of two minibatches: PPO asked the custom class for the entropy every time.
+    assert CountingGMMDistribution.entropy_calls == 8
+    assert not th.equal(before, model.policy.action_net.weight)
+    obs = th.as_tensor(np.stack([model.observation_space.sample() for _ in range(4)]))
+    assert type(model.policy.get_distribution(obs)) is CountingGMMDistribution
+    assert GMMActorCriticPolicy.distribution_class is GMMDistribution
 
 
 def test_initial_components_are_spread():

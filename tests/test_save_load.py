@@ -11,6 +11,7 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
 
 from sb3_gmm import GMMActorCriticPolicy, GMMRecurrentActorCriticPolicy
+from sb3_gmm.entropy import DEFAULT_METHOD
 
 SMALL_NET = dict(net_arch=dict(pi=[16], vf=[16]))
 # Every GMM option away from its default, so a forgotten one in _get_constructor_parameters shows up.
@@ -123,3 +124,36 @@ def test_recurrent_policy_save_and_load(tmp_path):
     policy = GMMRecurrentActorCriticPolicy.load(tmp_path / "recurrent_policy.pth")
     assert policy.lstm_actor.hidden_size == 8 and policy.lstm_actor.num_layers == 2 and policy.n_components == 2
     np.testing.assert_array_equal(policy.predict(OBS, deterministic=True)[0], expected)
+
+
+def test_default_estimator_is_saved_by_name(tmp_path):
+    """entropy_method=None is resolved when the policy is built, so a saved policy keeps today's default."""
+    model = PPO(GMMActorCriticPolicy, "Pendulum-v1", policy_kwargs=dict(entropy_method=None, **SMALL_NET), seed=0)
+    assert model.policy.entropy_method == DEFAULT_METHOD
+    assert model.policy._get_constructor_parameters()["entropy_method"] == DEFAULT_METHOD
+    model.policy.save(tmp_path / "policy.pth")
+    saved = th.load(tmp_path / "policy.pth", weights_only=False)["data"]
+    assert saved["entropy_method"] == DEFAULT_METHOD
+    assert not {"use_sde", "full_std", "use_expln", "sde_net_arch"} & set(saved)
+
+
+def test_policy_saved_with_entropy_method_none_still_loads(tmp_path, monkeypatch):
+    """Files written before the name was resolved hold entropy_method=None; they load with the current default."""
+    model = PPO(GMMActorCriticPolicy, "Pendulum-v1", policy_kwargs=SMALL_NET, seed=0)
+    save_parameters = GMMActorCriticPolicy._get_constructor_parameters
+    # Reproduce an old save: the constructor parameters as they were written before, with None.
+    monkeypatch.setattr(
+        GMMActorCriticPolicy,
+        "_get_constructor_parameters",
+        lambda self: {**save_parameters(self), "entropy_method": None},
+    )
+    model.policy.save(tmp_path / "old_policy.pth")
+    monkeypatch.undo()
+    assert th.load(tmp_path / "old_policy.pth", weights_only=False)["data"]["entropy_method"] is None
+    loaded = GMMActorCriticPolicy.load(tmp_path / "old_policy.pth")
+    assert loaded.entropy_method == DEFAULT_METHOD
+    np.testing.assert_array_equal(
+        loaded.predict(OBS, deterministic=True)[0], model.policy.predict(OBS, deterministic=True)[0]
+    )
+    obs, actions = th.as_tensor(OBS), th.randn(len(OBS), 1)
+    assert th.equal(loaded.evaluate_actions(obs, actions)[2], model.policy.evaluate_actions(obs, actions)[2])
