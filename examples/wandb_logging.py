@@ -15,6 +15,7 @@ from wandb.integration.sb3 import WandbCallback
 
 from sb3_gmm import GMMActorCriticPolicy
 from sb3_gmm.callbacks import GMMDiagnosticsCallback
+from sb3_gmm.hyperparams import algorithm_kwargs
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--project", default="sb3-gmm")
@@ -24,18 +25,10 @@ args = parser.parse_args()
 
 config = dict(env="Pendulum-v1", n_components=args.n_components, timesteps=args.timesteps)
 run = wandb.init(project=args.project, config=config, sync_tensorboard=True)
-model = PPO(
-    GMMActorCriticPolicy,
-    "Pendulum-v1",
-    n_steps=1024,
-    batch_size=64,
-    gamma=0.9,
-    gae_lambda=0.95,
-    learning_rate=1e-3,
-    policy_kwargs=dict(n_components=args.n_components),
-    tensorboard_log=f"{run.dir}/tensorboard",
-    seed=0,
-)
+# rl-zoo's Pendulum settings without gSDE (zoo_configs/ppo.yml), with the chosen number of components
+ppo_kwargs = algorithm_kwargs("ppo", "Pendulum-v1")
+ppo_kwargs["policy_kwargs"]["n_components"] = args.n_components
+model = PPO(GMMActorCriticPolicy, "Pendulum-v1", tensorboard_log=f"{run.dir}/tensorboard", seed=0, **ppo_kwargs)
 model.learn(args.timesteps, callback=CallbackList([WandbCallback(), GMMDiagnosticsCallback(plot_freq=5)]))
 run.finish()
 print(f"W&B run directory: {run.dir}")

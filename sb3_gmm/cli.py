@@ -14,11 +14,9 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from sb3_gmm.hyperparams import algorithm_kwargs
+
 ALGOS = ("ppo", "a2c", "trpo", "ppo_lstm")
-# rl-zoo3's tuned PPO settings for Pendulum-v1, without gSDE (GMM policies do not use it).
-PENDULUM_PPO = dict(
-    n_steps=1024, batch_size=64, gamma=0.9, gae_lambda=0.95, n_epochs=10, learning_rate=1e-3, clip_range=0.2
-)  # fmt: skip
 
 
 def _algorithm(name: str) -> Any:
@@ -95,7 +93,9 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     policy = sb3_gmm.GMMRecurrentActorCriticPolicy if args.algo == "ppo_lstm" else sb3_gmm.GMMActorCriticPolicy
     algo_kwargs: Dict[str, Any] = {}
     if args.env == "Pendulum-v1" and args.algo in ("ppo", "ppo_lstm"):
-        algo_kwargs.update(PENDULUM_PPO)
+        # rl-zoo3's tuned PPO settings for Pendulum-v1, without gSDE (GMM policies do not use it)
+        algo_kwargs.update(algorithm_kwargs("ppo", "Pendulum-v1"))
+        del algo_kwargs["policy_kwargs"], algo_kwargs["ent_coef"]
     if args.algo != "trpo":
         algo_kwargs["ent_coef"] = args.ent_coef
     policy_kwargs = dict(n_components=args.n_components, entropy_method=args.entropy_method)

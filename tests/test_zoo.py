@@ -6,10 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch as th
 import yaml
 from stable_baselines3 import PPO
 
 from sb3_gmm import GMMActorCriticPolicy
+from sb3_gmm.hyperparams import POLICY_NAMES, algorithm_kwargs, algorithms, hyperparams, tuned_env_ids
 
 pytest.importorskip("rl_zoo3")
 
@@ -31,10 +33,43 @@ def test_config_files_use_gmm_policies_without_gsde(algo):
     config = yaml.safe_load((CONFIG_DIR / f"{algo}.yml").read_text())
     assert set(REQUIRED_ENVS) <= set(config)
     expected = "sb3_gmm.GMMRecurrentActorCriticPolicy" if algo == "ppo_lstm" else "sb3_gmm.GMMActorCriticPolicy"
-    for env_id, hyperparams in config.items():
-        assert hyperparams["policy"] == expected, env_id
-        assert "use_sde" not in hyperparams and "sde_sample_freq" not in hyperparams, env_id
-        assert "n_components" in hyperparams["policy_kwargs"], env_id
+    for env_id, entry in config.items():
+        assert entry["policy"] == expected, env_id
+        assert "use_sde" not in entry and "sde_sample_freq" not in entry, env_id
+        assert "n_components" in entry["policy_kwargs"], env_id
+
+
+@pytest.mark.parametrize("algo", algorithms())
+def test_config_files_equal_the_hyperparams_module(algo):
+    """zoo_configs/<algo>.yml and sb3_gmm.hyperparams hold the same settings, entry by entry and key by key."""
+    config = yaml.safe_load((CONFIG_DIR / f"{algo}.yml").read_text())
+    assert tuple(config) == tuned_env_ids(algo)
+    for env_id, entry in config.items():
+        assert entry.pop("policy") == f"sb3_gmm.{POLICY_NAMES[algo]}", env_id
+        entry.pop("callback", None)
+        # rl-zoo3 evaluates the string with torch.nn in scope as ``nn``
+        entry["policy_kwargs"] = eval(entry["policy_kwargs"], {"nn": th.nn})
+        assert entry == hyperparams(algo, env_id), env_id
+
+
+def test_every_config_file_has_a_table():
+    assert sorted(path.stem for path in CONFIG_DIR.glob("*.yml")) == sorted(algorithms())
+
+
+def test_hyperparams_returns_fresh_copies_and_constructor_kwargs():
+    entry = hyperparams("ppo", "Pendulum-v1")
+    entry["policy_kwargs"]["n_components"] = 99
+    assert hyperparams("ppo", "Pendulum-v1")["policy_kwargs"]["n_components"] == 4
+    kwargs = algorithm_kwargs("a2c", "Pendulum-v1")
+    assert not {"n_envs", "n_timesteps", "normalize"} & set(kwargs)
+    # rl-zoo3's "lin_7e-4": the initial value times the remaining progress
+    assert kwargs["learning_rate"](1.0) == pytest.approx(7e-4) and kwargs["learning_rate"](0.25) == pytest.approx(
+        1.75e-4
+    )
+    with pytest.raises(ValueError, match="env_id='CartPole-v1'"):
+        hyperparams("ppo", "CartPole-v1")
+    with pytest.raises(ValueError, match="algo='dqn'"):
+        hyperparams("dqn", "Pendulum-v1")
 
 
 def test_zoo_train_then_enjoy(tmp_path):
