@@ -53,6 +53,21 @@ def _check_shapes(log_weights: th.Tensor, means: th.Tensor, stds: th.Tensor) -> 
     return n_components, action_dim
 
 
+def _log_ndtr_both_sides(standardized: th.Tensor) -> Tuple[th.Tensor, th.Tensor]:
+    """``(log Phi(z), log Phi(-z))`` for one ``log_ndtr`` call: the smaller tail directly, the other as its log1p.
+
+    ``log1p(-exp(t))`` is accurate for ``t <= log 1/2``, which the smaller tail always is.
+    """
+    clamped = standardized.clamp(-_CDF_ARGUMENT_LIMIT, _CDF_ARGUMENT_LIMIT)
+    log_smaller_tail = th.special.log_ndtr(-clamped.abs())
+    log_larger_tail = th.log1p(-log_smaller_tail.exp())
+    below_mean = clamped < 0
+    return (
+        th.where(below_mean, log_smaller_tail, log_larger_tail),
+        th.where(below_mean, log_larger_tail, log_smaller_tail),
+    )
+
+
 def implicit_mixture_surrogate(
     samples: th.Tensor,
     log_weights: th.Tensor,
@@ -63,10 +78,16 @@ def implicit_mixture_surrogate(
     """Attach the implicit-reparameterization gradient to given mixture samples.
 
     The value returned equals ``samples`` exactly; its gradient with respect to ``log_weights``, ``means``, ``stds``
-    (and ``log_stds``) is the pathwise derivative of the sample holding its conditional CDFs fixed. Unbiased when
-    ``samples`` are draws from the mixture with these parameters. Everything is in log space: per coordinate the
-    smaller of the CDF and the survival function is differentiated, so far tails and near-one-hot weights keep
-    finite gradients. Cost: O(K D) per sample, a loop over the D coordinates.
+    (and ``log_stds``) is the pathwise derivative of the sample holding its conditional CDFs fixed (the gradient
+    reaching ``log_weights`` is that of the normalised weights). Unbiased when ``samples`` are draws from the mixture
+    with these parameters. Cost: O(K D^2) per sample, with no loop over dimensions.
+
+    How: with ``T_d`` the smaller of the conditional CDF ``F_d`` and survival function ``1 - F_d`` (the one stored
+    accurately in a tail), the D equations ``log T_d(x, theta) = const`` define ``x(theta)``. Their Jacobian in ``x``
+    is lower triangular, ``A``, so ``dx/dtheta = -A^{-1} dlog T/dtheta``, and
+    ``x - A^{-1} (log T - stop_grad(log T))`` has the value ``x`` and exactly this gradient. Every entry of ``A`` is a
+    difference of responsibilities times a score, or the ratio ``p_d / T_d``: all computed in log space, so far tails,
+    near-one-hot weights and far-apart components keep finite gradients.
 
     :param samples: mixture draws ``[..., D]`` (their own gradient, if any, is ignored)
     :param log_weights: normalised log weights ``[..., K]``
@@ -81,42 +102,50 @@ def implicit_mixture_surrogate(
             f"samples must have shape [..., D] with D={means.shape[-1]} (from means {tuple(means.shape)}), "
             f"got shape {tuple(samples.shape)}"
         )
+    samples = samples.detach()
+    parameters = (log_weights, means, stds, log_stds)
+    if not th.is_grad_enabled() or not any(tensor is not None and tensor.requires_grad for tensor in parameters):
+        # Nothing to differentiate (e.g. SAC's soft target under no_grad, or predict): the plain sample is the value.
+        return samples
     if log_stds is None:
         log_stds = stds.log()
-    samples = samples.detach()
     log_ratio_cap = _LOG_RATIO_CAP_FRACTION * math.log(th.finfo(samples.dtype).max)
-    # Responsibilities given the coordinates handled so far, kept normalised so they cannot drift towards -inf.
-    log_responsibilities = log_weights - th.logsumexp(log_weights, dim=-1, keepdim=True)
-    surrogate_coordinates = []
-    for dim in range(means.shape[-1]):
-        coordinate = samples[..., dim : dim + 1]  # [..., 1], held fixed: F_d is differentiated at the drawn value
-        component_means, component_stds = means[..., dim], stds[..., dim]
-        standardized = (coordinate - component_means) / component_stds
-        clamped = standardized.clamp(-_CDF_ARGUMENT_LIMIT, _CDF_ARGUMENT_LIMIT)
-        log_cdf = th.logsumexp(log_responsibilities + th.special.log_ndtr(clamped), dim=-1)
-        log_survival = th.logsumexp(log_responsibilities + th.special.log_ndtr(-clamped), dim=-1)
-        log_component_density = -0.5 * standardized.square() - log_stds[..., dim] - 0.5 * math.log(2.0 * math.pi)
-        log_density = th.logsumexp(log_responsibilities + log_component_density, dim=-1)
-        with th.no_grad():
-            # dF = F dlog F = -S dlog S: differentiate whichever tail mass is smaller, it is the one stored accurately.
-            use_cdf = log_cdf <= log_survival
-            log_ratio = (th.where(use_cdf, log_cdf, log_survival) - log_density).clamp(max=log_ratio_cap)
-            ratio = log_ratio.exp()
-            cdf_coefficient = th.where(use_cdf, ratio, th.zeros_like(ratio))
-            survival_coefficient = th.where(use_cdf, th.zeros_like(ratio), ratio)
-        # Value: exactly the sample (both brackets are 0). Gradient: -dF/p = -(F/p) dlog F = (S/p) dlog S.
-        surrogate = (
-            coordinate.squeeze(-1)
-            - cdf_coefficient * (log_cdf - log_cdf.detach())
-            + survival_coefficient * (log_survival - log_survival.detach())
+
+    standardized = (samples.unsqueeze(-2) - means) / stds  # [..., K, D]
+    # Per-coordinate component log densities (up to a constant) and the responsibilities after each prefix x_<d.
+    log_component_densities = -0.5 * standardized.square() - log_stds
+    log_prefix = th.cat(
+        [th.zeros_like(log_component_densities[..., :1]), log_component_densities[..., :-1].cumsum(-1)], dim=-1
+    )
+    log_responsibilities = th.log_softmax(log_weights.unsqueeze(-1) + log_prefix, dim=-2)  # [..., K, D]
+    log_component_cdfs, log_component_survivals = _log_ndtr_both_sides(standardized)
+    log_cdf_terms = log_responsibilities + log_component_cdfs
+    log_survival_terms = log_responsibilities + log_component_survivals
+    log_cdf, log_survival = th.logsumexp(log_cdf_terms, dim=-2), th.logsumexp(log_survival_terms, dim=-2)  # [..., D]
+
+    # dT = dF = -d(1 - F): differentiate whichever tail mass is smaller, it is the one stored accurately.
+    use_cdf = (log_cdf <= log_survival).detach()
+    log_tail_with_grad = th.where(use_cdf, log_cdf, log_survival)
+    log_tail = log_tail_with_grad.detach()
+    with th.no_grad():
+        log_density = th.logsumexp(log_responsibilities + log_component_densities, dim=-2) - 0.5 * math.log(
+            2.0 * math.pi
         )
-        surrogate_coordinates.append(surrogate)
-        if dim + 1 < means.shape[-1]:
-            # Later coordinates condition on this one through its surrogate, which carries dx_d/dtheta.
-            surrogate_standardized = (surrogate.unsqueeze(-1) - component_means) / component_stds
-            log_joint = log_responsibilities - 0.5 * surrogate_standardized.square() - log_stds[..., dim]
-            log_responsibilities = log_joint - th.logsumexp(log_joint, dim=-1, keepdim=True)
-    return th.stack(surrogate_coordinates, dim=-1)
+        # Diagonal: dlog T_d/dx_d = +-p_d / T_d (the sign is that of dT_d/dx_d: + for the CDF, - for the survival).
+        density_over_tail = (log_density - log_tail).clamp(-log_ratio_cap, log_ratio_cap).exp()
+        diagonal = th.where(use_cdf, density_over_tail, -density_over_tail)
+        # Below it: dlog T_e/dx_d = sum_k (rho_ke - pi_ke) dlog N_kd/dx_d for d < e, where rho_ke is component k's
+        # share of T_e and pi_ke its responsibility given x_<e.
+        tail_shares = th.where(use_cdf.unsqueeze(-2), log_cdf_terms, log_survival_terms) - log_tail.unsqueeze(-2)
+        share_minus_responsibility = tail_shares.exp() - log_responsibilities.exp()  # [..., K, D(e)]
+        scores = -standardized / stds  # dlog N_kd/dx_d, [..., K, D(d)]
+        jacobian = th.einsum("...ke,...kd->...ed", share_minus_responsibility, scores).tril(-1)
+        jacobian = jacobian + th.diag_embed(diagonal)
+
+    # Value: exactly the samples (the bracket is 0); gradient: -A^{-1} dlog T/dtheta (A is held fixed).
+    bracket = (log_tail_with_grad - log_tail).unsqueeze(-1)
+    correction = th.linalg.solve_triangular(jacobian, bracket, upper=False).squeeze(-1)
+    return samples - correction
 
 
 def implicit_mixture_sample(
