@@ -7,6 +7,16 @@
 
 from sb3_gmm import envs  # noqa: F401  (registers the built-in multimodal environments)
 from sb3_gmm.distributions import GMMDistribution
+from sb3_gmm.maxent import (
+    GMMCrossQPolicy,
+    GMMSACCnnPolicy,
+    GMMSACMultiInputPolicy,
+    GMMSACPolicy,
+    GMMTQCCnnPolicy,
+    GMMTQCMultiInputPolicy,
+    GMMTQCPolicy,
+    SquashedGMMDistribution,
+)
 from sb3_gmm.policies import (
     GMMActorCriticCnnPolicy,
     GMMActorCriticPolicy,
@@ -19,8 +29,16 @@ __version__ = "0.1.0"
 __all__ = [
     "GMMActorCriticCnnPolicy",
     "GMMActorCriticPolicy",
+    "GMMCrossQPolicy",
     "GMMDistribution",
     "GMMMultiInputActorCriticPolicy",
     "GMMRecurrentActorCriticPolicy",
+    "GMMSACCnnPolicy",
+    "GMMSACMultiInputPolicy",
+    "GMMSACPolicy",
+    "GMMTQCCnnPolicy",
+    "GMMTQCMultiInputPolicy",
+    "GMMTQCPolicy",
+    "SquashedGMMDistribution",
     "__version__",
 ]
