@@ -103,7 +103,7 @@ TASKS: Dict[str, Task] = {
     "multigoal": Task(
         MULTIGOAL_ID,
         "multigoal",
-        timesteps={"tiny": 300, "full": 8_000},
+        timesteps={"tiny": 300, "full": 5_000},
         algo_kwargs=dict(
             learning_rate=3e-4, batch_size=64, learning_starts=500, policy_kwargs=dict(net_arch=[128, 128])
         ),
@@ -282,13 +282,13 @@ def _rounded(paths: List[List[List[float]]]) -> List[List[List[float]]]:
 
 
 def resolved_options(model) -> Dict[str, Any]:
-    """The final temperature and the GMM policy's options with defaults filled in, for the record."""
+    """The final temperature and the GMM actor's options (defaults filled in), for the record."""
     if model.log_ent_coef is not None:
         options: Dict[str, Any] = {"ent_coef_final": float(th.exp(model.log_ent_coef.detach()).item())}
     else:
         options = {"ent_coef_final": float(model.ent_coef_tensor.item())}
     for name in ("n_components", "log_pi"):
-        value = getattr(model.policy, name, None)
+        value = getattr(model.actor, name, None)
         if value is not None:
             options[name] = value
     return options

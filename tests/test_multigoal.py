@@ -133,3 +133,54 @@ def test_reward_scale_scales_every_reward_and_bad_arguments_are_rejected() -> No
         MultiGoalEnv(goal_radius=3.0)
     with pytest.raises(ValueError, match="action_cost_coeff"):
         MultiGoalEnv(action_cost_coeff=-1.0)
+
+
+def test_iqm_and_bootstrap_interval_follow_rliable_definitions() -> None:
+    from scipy.stats import trim_mean
+
+    from benchmarks.maxent_compare import bootstrap_interval, iqm
+
+    values = np.array([3.0, 1.0, 5.0, 4.0, 6.0, 1000.0, 2.0, 7.0])
+    assert iqm(values) == pytest.approx(trim_mean(values, 0.25)) == pytest.approx(np.mean([3.0, 4.0, 5.0, 6.0]))
+    low, high = bootstrap_interval(values, iqm)
+    assert low <= iqm(values) <= high
+    # the percentile bootstrap of a mean matches the normal interval +-1.96 sigma / sqrt(n) for a large sample
+    sample = np.random.default_rng(0).normal(size=400)
+    low, high = bootstrap_interval(sample, np.mean)
+    assert high - low == pytest.approx(2 * 1.96 * sample.std() / 20.0, rel=0.15)
+    assert bootstrap_interval([2.0] * 5, iqm) == (2.0, 2.0)
+
+
+def test_maxent_compare_end_to_end_at_a_tiny_budget(tmp_path) -> None:
+    """Two short MultiGoal runs, the throughput rounds, then tables, figures and the page, all under tmp_path."""
+    import json
+
+    from benchmarks import maxent_compare
+
+    runs, figures, page = tmp_path / "runs", tmp_path / "figures", tmp_path / "maxent_results.md"
+    maxent_compare.main(
+        ["--budget", "tiny", "--suites", "multigoal", "throughput", "--configs", "sac-gaussian", "sac-gmm4-sample",
+         "--seeds", "0", "--throughput-rounds", "2", "--throughput-steps", "20", "--out", str(runs),
+         "--figures", str(figures), "--write", str(page)]
+    )  # fmt: skip
+    names = sorted(path.name for path in runs.iterdir())
+    assert names == [
+        "multigoal__sac-gaussian__entauto__s0.json",
+        "multigoal__sac-gmm4-sample__entauto__s0.json",
+        "throughput.json",
+    ]
+    for name in names[:2]:
+        result = json.loads((runs / name).read_text())
+        counts = np.array(result["goal_counts"])
+        assert result["coverage"] == np.count_nonzero(counts) and 0 <= result["coverage"] <= 4
+        assert result["success_rate"] == pytest.approx(counts.sum() / result["eval_episodes"])
+        assert 0.0 <= result["effective_goals"] <= result["coverage"] + 1e-9
+        assert len(result["curve"]["return"]) == maxent_compare.CURVE_BINS
+        assert len(result["stochastic_paths"]) == min(maxent_compare.SAVED_TRAJECTORIES, result["eval_episodes"])
+    gmm = json.loads((runs / names[1]).read_text())
+    assert gmm["options"]["n_components"] == 4 and gmm["options"]["log_pi"] == "sample"
+    throughput = json.loads((runs / "throughput.json").read_text())
+    assert len(throughput["ratios"]) == 2 and throughput["ratio_median"] > 0.0
+    text = page.read_text()
+    assert "| sac-gmm4-sample | auto | sample | 1 |" in text and f"ratio {throughput['ratio_median']:.2f}" in text
+    assert {path.name for path in figures.iterdir()} == {"maxent_multigoal_curves.png", "maxent_multigoal_rollouts.png"}
