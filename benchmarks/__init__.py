@@ -1,1 +1,3 @@
-"""Benchmark scripts for sb3_gmm; ``benchmarks._suite`` holds the reusable GMM test suite and Monte Carlo truth."""
+"""Evidence scripts for sb3_gmm: ``cases`` (mixtures and their ground truth, shared with the tests), ``_report``
+(provenance and the generated blocks of the docs) and one module per benchmark, each split into run, summarise and
+render steps (``python -m benchmarks.<name> --help``)."""

@@ -14,32 +14,23 @@ responsibilities (``responsibility_entropy``, the library's choice) or the own c
 - per-component/matched: a differently scrambled, moment-matched set per component (the library's ``qmc``);
 - 1-D: Gauss-Hermite nodes instead of Sobol (what ``qmc`` does when D = 1).
 
-Truth and gradients come from :func:`benchmarks._suite.ground_truth` (high-sample stratified Monte Carlo).
+Truth and gradients come from :func:`benchmarks.cases.ground_truth` (high-sample stratified Monte Carlo). The run
+stores its rows in docs/data/qmc_design.json and writes the generated block of docs/qmc_design.md.
 """
 
 import argparse
-import datetime
 import math
-import platform
 import sys
-from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch as th
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import _report
+from benchmarks.cases import MixtureCase, cosine, ground_truth, make_suite, value_and_gradient
+from sb3_gmm.entropy._common import mixture_params
+from sb3_gmm.entropy.quadrature import INTEGRANDS, gauss_hermite_points, quadrature_entropy, sobol_points
 
-from benchmarks._suite import MixtureCase, cosine, ground_truth, make_suite, value_and_gradient  # noqa: E402
-from sb3_gmm.entropy._common import mixture_params  # noqa: E402
-from sb3_gmm.entropy.quadrature import (  # noqa: E402
-    INTEGRANDS,
-    gauss_hermite_points,
-    quadrature_entropy,
-    sobol_points,
-)
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PointSet = Callable[[int, int, int], Tuple[th.Tensor, th.Tensor]]  # (K, D, n) -> points, weights
 
 
@@ -116,7 +107,8 @@ def wide_width_cases(dims: Tuple[int, ...], quick: bool) -> List[MixtureCase]:
     return cases
 
 
-def evaluate(point_set: PointSet, n_points: int, cases, truths, integrand: str) -> Dict[str, float]:
+def evaluate(point_set: PointSet, n_points: int, cases: Sequence[MixtureCase], truths: Sequence, integrand: str):
+    """Max and mean abs error and the smallest gradient cosine of one point set over ``cases``."""
     errors, cosines = [], []
     for case, truth in zip(cases, truths):
         points, weights = point_set(case.n_components, case.dim, n_points)
@@ -127,119 +119,95 @@ def evaluate(point_set: PointSet, n_points: int, cases, truths, integrand: str) 
         value, gradient = value_and_gradient(entropy_fn, case, dtype=th.float64)
         errors.append(abs(value - truth.entropy))
         cosines.append(cosine(gradient, truth.gradient))
-    return {
-        "max_error": max(errors),
-        "mean_error": sum(errors) / len(errors),
-        "min_cosine": min(cosines),
-        "cases": len(errors),
+    return {"max_error": max(errors), "mean_error": sum(errors) / len(errors), "min_cosine": min(cosines)}
+
+
+def ablation(label: str, rules: Dict[Any, Tuple[PointSet, List[MixtureCase]]], points: List[int], samples: int):
+    """One table: every rule (point set, or D for the wide-width cases) x integrand x point count."""
+    truths = {
+        case.name: ground_truth(case, samples_per_component=samples) for _, cases in rules.values() for case in cases
     }
+    rows = []
+    for n_points in points:
+        for key, (point_set, cases) in rules.items():
+            for integrand in INTEGRANDS:
+                result = evaluate(point_set, n_points, cases, [truths[c.name] for c in cases], integrand)
+                rows.append({"rule": key, "integrand": integrand, "points": n_points, **result})
+                print(f"{label} {key} {integrand} n={n_points}: {result}", flush=True)
+    cases = {case.name for _, cases in rules.values() for case in cases}
+    return {"rows": rows, "n_cases": len(cases), "max_standard_error": max(t.standard_error for t in truths.values())}
 
 
-def _result_row(label: object, integrand: str, n_points: int, result: Dict[str, float], digits: int) -> str:
-    """One markdown table row; ``digits`` for the max error, one more for the mean error and the cosine."""
-    return (
-        f"| {label} | {integrand} | {n_points} | {result['max_error']:.{digits}f} | "
-        f"{result['mean_error']:.{digits + 1}f} | {result['min_cosine']:.{digits + 1}f} |"
-    )
-
-
-def main(argv: List[str] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="few cases, fewer truth samples, print only")
-    parser.add_argument("--points", type=int, nargs="+", default=[16, 32, 64, 128], help="points per component")
-    args = parser.parse_args(argv)
-    th.set_num_threads(1)
+def run(args: argparse.Namespace) -> Dict[str, Any]:
     dims = (2, 6, 17) if args.quick else (2, 3, 6, 10, 17, 32)
     components = (2, 4) if args.quick else (2, 4, 8)
     samples = 2**12 if args.quick else 2**16
-    cases = make_suite(dims=dims, components=components, quick=args.quick)
-    cases = [case for case in cases if case.n_components > 1]
-    print(f"{len(cases)} mixtures (D in {dims}, K in {components}); truth with {samples} samples/component x 2")
-    truths = [ground_truth(case, samples_per_component=samples) for case in cases]
-    max_se = max(truth.standard_error for truth in truths)
-
-    rows = []
-    for n_points in args.points:
-        for name, point_set in VARIANTS.items():
-            for integrand in INTEGRANDS:
-                result = evaluate(point_set, n_points, cases, truths, integrand)
-                rows.append((name, integrand, n_points, result))
-                print(
-                    f"{name:24s} {integrand:22s} n={n_points:4d}  max {result['max_error']:.3f}  "
-                    f"mean {result['mean_error']:.4f}  min cos {result['min_cosine']:.4f}",
-                    flush=True,
-                )
-    one_d_cases = [
-        case for case in make_suite(dims=(1,), components=components, quick=args.quick) if case.n_components > 1
-    ]
-    one_d_truths = [ground_truth(case, samples_per_component=samples) for case in one_d_cases]
-    one_d_rows = []
-    for n_points in args.points:
-        for name, point_set in (("per-component/matched", per_component_matched), ("gauss-hermite", gauss_hermite)):
-            for integrand in INTEGRANDS:
-                result = evaluate(point_set, n_points, one_d_cases, one_d_truths, integrand)
-                one_d_rows.append((name, integrand, n_points, result))
-                print(
-                    f"D=1 {name:22s} {integrand:22s} n={n_points:4d}  max {result['max_error']:.4f}  "
-                    f"mean {result['mean_error']:.5f}  min cos {result['min_cosine']:.4f}",
-                    flush=True,
-                )
+    cases = [case for case in make_suite(dims, components, quick=args.quick) if case.n_components > 1]
+    one_d = [case for case in make_suite((1,), components, quick=args.quick) if case.n_components > 1]
     wide_dims = (1, 3) if args.quick else (1, 2, 6)
-    wide_cases = wide_width_cases(wide_dims, args.quick)
-    wide_truths = [ground_truth(case, samples_per_component=samples) for case in wide_cases]
-    wide_rows = []
-    for n_points in args.points:
-        for dim in wide_dims:
-            subset = [(case, truth) for case, truth in zip(wide_cases, wide_truths) if case.dim == dim]
-            for integrand in INTEGRANDS:
-                result = evaluate(library_rule, n_points, *zip(*subset), integrand)
-                wide_rows.append((dim, integrand, n_points, result))
-                print(
-                    f"wide D={dim} {integrand:22s} n={n_points:4d}  max {result['max_error']:.4f}  "
-                    f"mean {result['mean_error']:.5f}  min cos {result['min_cosine']:.4f}",
-                    flush=True,
-                )
-    if args.quick:
-        return
+    wide = wide_width_cases(wide_dims, args.quick)
+    one_d_rules = {"per-component/matched": per_component_matched, "gauss-hermite": gauss_hermite}
+    budget = (args.points, samples)
+    return {
+        "dims": dims, "components": components, "samples_per_component": 2 * samples,
+        "suite": ablation("suite", {name: (rule, cases) for name, rule in VARIANTS.items()}, *budget),
+        "one_d": ablation("D=1", {name: (rule, one_d) for name, rule in one_d_rules.items()}, *budget),
+        "wide": ablation("wide", {d: (library_rule, [c for c in wide if c.dim == d]) for d in wide_dims}, *budget),
+    }  # fmt: skip
 
-    lines = [
-        "# qmc design ablation",
-        "",
-        f"Produced by `OMP_NUM_THREADS=1 python -m benchmarks.qmc_design` on {datetime.date.today()} "
-        f"({platform.machine()} 2-core CPU, torch {th.__version__}, single thread).",
-        "",
-        f"Suite: {len(cases)} mixtures from `benchmarks/_suite.py` with D in {dims}, K in {components} (every kind: "
-        "separations 0 to 8 typical stds, concentric widths up to 4x, near-one-hot weights). Truth: stratified Monte "
-        f"Carlo with the Gaussian control variate, {2 * samples} samples per component; largest standard error "
-        f"{max_se:.4f} nats. Errors are absolute, in nats; cosine is between the variant's gradient w.r.t. (logits, "
-        "means, log stds) and the truth's.",
-        "",
-        "| point set | integrand | points per component | max abs error | mean abs error | min gradient cosine |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+
+def _table(first: str, rows: List[Dict[str, Any]], digits: int) -> str:
+    """``digits`` for the max error, one more for the mean error and the cosine."""
+    header = [first, "integrand", "points per component", "max abs error", "mean abs error", "min gradient cosine"]
+    cells = [
+        [row["rule"], row["integrand"], row["points"], f"{row['max_error']:.{digits}f}"]
+        + [f"{row['mean_error']:.{digits + 1}f}", f"{row['min_cosine']:.{digits + 1}f}"]
+        for row in rows
     ]
-    lines += [_result_row(name, integrand, n_points, result, digits=3) for name, integrand, n_points, result in rows]
-    lines += [
+    return _report.markdown_table(header, cells)
+
+
+def render(result: Dict[str, Any], record: Dict[str, Any], minutes: float) -> str:
+    suite, one_d, wide = result["suite"], result["one_d"], result["wide"]
+    return "\n".join([
+        _report.provenance(record, minutes),
         "",
-        f"One dimension ({len(one_d_cases)} mixtures, same kinds):",
+        f"Suite: {suite['n_cases']} mixtures from `benchmarks/cases.py` with D in {tuple(result['dims'])}, K in "
+        f"{tuple(result['components'])} (every kind: separations 0 to 8 typical stds, concentric widths up to 4x, "
+        f"near-one-hot weights). Truth: stratified Monte Carlo with the Gaussian control variate, "
+        f"{result['samples_per_component']} samples per component; largest standard error "
+        f"{suite['max_standard_error']:.4f} nats. Errors are absolute, in nats; cosine is between the variant's "
+        "gradient w.r.t. (logits, means, log stds) and the truth's.",
         "",
-        "| point set | integrand | points | max abs error | mean abs error | min gradient cosine |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
-    ]
-    lines += [_result_row(*row, digits=4) for row in one_d_rows]
-    lines += [
+        _table("point set", suite["rows"], digits=3),
         "",
-        f"Widths differing 8x to 32x ({len(wide_cases) // len(wide_dims)} concentric mixtures per D, "
-        "`wide_width_cases`: K in (2, 4), the narrowest component weighted 0.1, 0.5 or 0.9), with the library's own "
-        "rule (Gauss-Hermite in 1-D, per-component matched Sobol otherwise); truth as above, largest standard error "
-        f"{max(truth.standard_error for truth in wide_truths):.4f} nats:",
+        f"One dimension ({one_d['n_cases']} mixtures, same kinds):",
         "",
-        "| D | integrand | points | max abs error | mean abs error | min gradient cosine |",
-        "| ---: | --- | ---: | ---: | ---: | ---: |",
-    ]
-    lines += [_result_row(*row, digits=4) for row in wide_rows]
-    out = REPO_ROOT / "docs" / "qmc_design.md"
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+        _table("point set", one_d["rows"], digits=4),
+        "",
+        f"Widths differing 8x to 32x ({wide['n_cases'] // len({r['rule'] for r in wide['rows']})} concentric mixtures "
+        "per D, `wide_width_cases`: K in (2, 4), the narrowest component weighted 0.1, 0.5 or 0.9), with the "
+        "library's own rule (Gauss-Hermite in 1-D, per-component matched Sobol otherwise); truth as above, largest "
+        f"standard error {wide['max_standard_error']:.4f} nats:",
+        "",
+        _table("D", wide["rows"], digits=4),
+    ])  # fmt: skip
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few cases, fewer truth samples, print only")
+    parser.add_argument("--points", type=int, nargs="+", default=[16, 32, 64, 128], help="points per component")
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    th.set_num_threads(1)
+    record, start = _report.run_record("benchmarks.qmc_design", argv), time.perf_counter()
+    result = run(args)
+    body = render(result, record, (time.perf_counter() - start) / 60)
+    print(body)
+    if not args.quick:
+        _report.write_json(_report.DOCS / "data" / "qmc_design.json", {"record": record, **result})
+        _report.write_generated(_report.DOCS / "qmc_design.md", "benchmarks/qmc_design.py", body, "qmc design ablation")
 
 
 if __name__ == "__main__":

@@ -5,20 +5,20 @@ Grid: for every environment, seed and entropy coefficient (0 and a positive one)
 - ``gaussian``: SB3's ``MlpPolicy`` (diagonal Gaussian, no gSDE),
 - ``gmm-K{2,4}-<entropy>``: :class:`sb3_gmm.GMMActorCriticPolicy` with the library default estimator, ``legendre``,
   ``component_average`` or ``none`` (the distribution's ``entropy()`` returns None, so PPO falls back to its
-  one-sample ``-log pi(a)`` estimate).
+  one-sample ``-log pi(a)`` estimate). With ``ent_coef = 0`` every estimator gives the same run, so the grid runs a
+  single GMM per K there (``gmm-K<k>``).
 
-With ``ent_coef = 0`` the entropy term has zero weight, so every estimator gives the same gradients and the same
-run: the grid runs a single GMM per K there (labelled ``gmm-K<k>``).
-
-Each run records the training episode returns (learning curve) and, at the end, the mean return of deterministic
-(``mode()``) and stochastic episodes; on the multimodal environments it also records how the stochastic policy
-splits between the two optimal modes. Runs are written one JSON file each, so an interrupted grid resumes.
+PPO settings come from :mod:`sb3_gmm.hyperparams` (the zoo's entries without gSDE); the grid adds its budgets, the
+positive ent_coef where the tuned one is 0 and the evaluation episodes. Each run records its training curve (binned,
+:data:`CURVE_BINS` bins), the mean return of deterministic (``mode()``) and stochastic episodes at the end and, on
+the multimodal tasks, how the stochastic policy splits between the two optimal modes; one JSON file per run, so an
+interrupted grid resumes.
 
 Usage::
 
-    python benchmarks/rl_compare.py --budget quick             # smoke test, a few minutes
-    nice -n 5 python benchmarks/rl_compare.py --budget full    # the grid behind docs/rl_results.md
-    python benchmarks/rl_compare.py --budget full --report     # table + figures from finished runs only
+    python -m benchmarks.rl_compare --budget quick             # smoke test, a few minutes
+    nice -n 5 python -m benchmarks.rl_compare --budget full    # the grid behind docs/rl_results.md
+    python -m benchmarks.rl_compare --budget full --report --write   # table, figures and page from finished runs
 """
 
 import argparse
@@ -38,95 +38,59 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch as th  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from benchmarks import _report  # noqa: E402
+from sb3_gmm import GMMActorCriticPolicy, GMMDistribution  # noqa: E402
+from sb3_gmm.hyperparams import BANDIT_ID, NAVIGATION_ID, algorithm_kwargs, hyperparams  # noqa: E402
 
-BANDIT_ID = "sb3_gmm/TwoPeakBandit-v0"
-NAVIGATION_ID = "sb3_gmm/TwoRouteNavigation-v0"
+REPO_ROOT = _report.REPO_ROOT
 ENTROPY_TREATMENTS = ("default", "legendre", "component_average", "none")
+CURVE_BINS = 100  # bins of a stored training curve (the figures average 5 of them per point)
+FIGURE_BINS = 20
 
 
 @dataclass(frozen=True)
 class EnvSetting:
-    """PPO settings and budgets for one environment.
+    """What the grid adds to the tuned PPO entry of one environment.
 
+    :param env_id: Gymnasium id (its PPO settings: ``sb3_gmm.hyperparams.hyperparams("ppo", env_id)``)
     :param short_name: used in file names and figure titles
     :param timesteps: training steps per budget name
-    :param ent_coef: the positive entropy coefficient of the grid
-    :param n_envs: parallel environments
-    :param ppo_kwargs: PPO hyperparameters (everything but policy, env, ent_coef, seed)
-    :param normalize: wrap in VecNormalize (observations and rewards, as the zoo does)
     :param eval_episodes: episodes of the final deterministic and stochastic evaluation
+    :param positive_ent_coef: the grid's positive entropy coefficient where the tuned one is 0
     """
 
+    env_id: str
     short_name: str
     timesteps: Dict[str, int]
-    ent_coef: float
-    n_envs: int
-    ppo_kwargs: Dict[str, Any]
-    normalize: bool = False
-    eval_episodes: int = 20
+    eval_episodes: int = 10
+    positive_ent_coef: Optional[float] = None
+
+    @property
+    def tuned(self) -> Dict[str, Any]:
+        return hyperparams("ppo", self.env_id)
+
+    @property
+    def ent_coef(self) -> float:
+        return self.positive_ent_coef or self.tuned["ent_coef"]
+
+    def ppo_kwargs(self, n_components: int) -> Dict[str, Any]:
+        """PPO keyword arguments but ``ent_coef``, with ``n_components`` in the policy kwargs (0: a Gaussian)."""
+        kwargs = algorithm_kwargs("ppo", self.env_id)
+        kwargs.pop("ent_coef")
+        policy_kwargs = {key: value for key, value in kwargs.pop("policy_kwargs", {}).items() if key != "n_components"}
+        return kwargs | {"policy_kwargs": policy_kwargs | ({"n_components": n_components} if n_components else {})}
 
 
 ENV_SETTINGS: Dict[str, EnvSetting] = {
-    BANDIT_ID: EnvSetting(
-        short_name="bandit",
-        timesteps={"quick": 4096, "full": 20480},
-        ent_coef=0.01,
-        n_envs=4,
-        ppo_kwargs=dict(n_steps=128, batch_size=64, n_epochs=10, learning_rate=1e-3, gamma=0.99, gae_lambda=0.95),
-        eval_episodes=50,
-    ),
-    NAVIGATION_ID: EnvSetting(
-        short_name="navigation",
-        timesteps={"quick": 8192, "full": 40960},
-        ent_coef=0.01,
-        n_envs=4,
-        ppo_kwargs=dict(n_steps=256, batch_size=64, n_epochs=10, learning_rate=1e-3, gamma=0.99, gae_lambda=0.95),
-        eval_episodes=50,
-    ),
-    # The zoo's PPO entry without gSDE (use_sde / sde_sample_freq dropped).
-    "Pendulum-v1": EnvSetting(
-        short_name="pendulum",
-        timesteps={"quick": 4096, "full": 65536},
-        ent_coef=0.01,
-        n_envs=4,
-        ppo_kwargs=dict(
-            n_steps=1024, batch_size=64, n_epochs=10, learning_rate=1e-3, gamma=0.9, gae_lambda=0.95, clip_range=0.2
-        ),
-        eval_episodes=10,
-    ),
-    # The zoo's tuned PPO entry without gSDE; its ent_coef (0.00429) is the grid's positive coefficient and its
-    # gSDE-specific log_std_init=-3.29 is dropped (both policies start from their default std).
-    "MountainCarContinuous-v0": EnvSetting(
-        short_name="mountaincar",
-        timesteps={"quick": 2000, "full": 20000},
-        ent_coef=0.00429,
-        n_envs=1,
-        ppo_kwargs=dict(
-            n_steps=8,
-            batch_size=256,
-            n_epochs=10,
-            learning_rate=7.77e-05,
-            gamma=0.9999,
-            gae_lambda=0.9,
-            clip_range=0.1,
-            max_grad_norm=5,
-            vf_coef=0.19,
-            policy_kwargs=dict(ortho_init=False),
-        ),
-        normalize=True,
-        eval_episodes=10,
-    ),
-    "LunarLanderContinuous-v3": EnvSetting(
-        short_name="lunarlander",
-        timesteps={"quick": 16384, "full": 300000},
-        ent_coef=0.01,
-        n_envs=16,
-        ppo_kwargs=dict(n_steps=1024, batch_size=64, n_epochs=4, gamma=0.999, gae_lambda=0.98),
-        eval_episodes=10,
-    ),
+    setting.env_id: setting
+    for setting in (
+        EnvSetting(BANDIT_ID, "bandit", {"quick": 4096, "full": 20480}, eval_episodes=50),
+        EnvSetting(NAVIGATION_ID, "navigation", {"quick": 8192, "full": 40960}, eval_episodes=50),
+        EnvSetting("Pendulum-v1", "pendulum", {"quick": 4096, "full": 65536}, positive_ent_coef=0.01),
+        # The zoo's gSDE-specific log_std_init=-3.29 is dropped (both policies start from their default std).
+        EnvSetting("MountainCarContinuous-v0", "mountaincar", {"quick": 2000, "full": 20000}),
+        EnvSetting("LunarLanderContinuous-v3", "lunarlander", {"quick": 16384, "full": 300000}),
+    )
 }
 DEFAULT_ENVS = (BANDIT_ID, NAVIGATION_ID, "Pendulum-v1", "MountainCarContinuous-v0")
 
@@ -153,8 +117,11 @@ class RunResult:
     """What one run measured (written as JSON)."""
 
     spec: Dict[str, Any]
+    # Training-episode returns per bin of the run's steps: right bin edges, mean return (None: no episode ended in
+    # the bin) and episode count. Episodes ending after the step budget (the last rollout's overshoot) are left out.
     curve_timesteps: List[int] = field(default_factory=list)
-    curve_returns: List[float] = field(default_factory=list)
+    curve_returns: List[Optional[float]] = field(default_factory=list)
+    curve_episodes: List[int] = field(default_factory=list)
     deterministic_return: float = float("nan")
     stochastic_return: float = float("nan")
     stochastic_returns: List[float] = field(default_factory=list)
@@ -164,6 +131,18 @@ class RunResult:
     entropy_method_resolved: Optional[str] = None
     entropy_kwargs_resolved: Optional[Dict[str, Any]] = None  # the estimator's options, defaults filled in
     code_commit: Optional[str] = None  # the library's commit, so a grid run over several commits says so
+
+
+def bin_curve(timesteps: List[int], returns: List[float], total: int, bins: int = CURVE_BINS):
+    """``(right edges, mean return or None, episode count)`` per bin of ``[0, total]`` steps (bin i: (e_i, e_i+1])."""
+    edges = np.linspace(0, total, bins + 1)
+    timesteps, returns = np.asarray(timesteps), np.asarray(returns, dtype=float)
+    inside = (timesteps > 0) & (timesteps <= total)
+    index = np.searchsorted(edges, timesteps[inside], side="left") - 1
+    counts = np.bincount(index, minlength=bins)
+    sums = np.bincount(index, weights=returns[inside], minlength=bins)
+    means = [float(s / c) if c else None for s, c in zip(sums, counts)]
+    return [int(edge) for edge in edges[1:]], means, counts.tolist()
 
 
 def build_grid(
@@ -180,53 +159,33 @@ def build_grid(
         steps = setting.timesteps[budget]
         for seed in seeds:
             for ent_coef in (0.0, setting.ent_coef):
-                specs.append(
-                    RunSpec(env_id, "gaussian", 0, "any" if ent_coef == 0 else "gaussian", ent_coef, seed, steps)
-                )
-                for n_components in components:
+                specs.append(RunSpec(env_id, "gaussian", 0, "gaussian" if ent_coef else "any", ent_coef, seed, steps))
+                for k in components:
                     if ent_coef == 0.0:
-                        specs.append(
-                            RunSpec(env_id, f"gmm-K{n_components}", n_components, "any", ent_coef, seed, steps)
-                        )
-                        continue
-                    for entropy in treatments:
-                        variant = f"gmm-K{n_components}-{entropy}"
-                        specs.append(RunSpec(env_id, variant, n_components, entropy, ent_coef, seed, steps))
+                        specs.append(RunSpec(env_id, f"gmm-K{k}", k, "any", ent_coef, seed, steps))
+                    else:
+                        specs += [RunSpec(env_id, f"gmm-K{k}-{e}", k, e, ent_coef, seed, steps) for e in treatments]
     return specs
 
 
-def no_entropy_policy_class():
-    """A GMM policy whose distribution's ``entropy()`` returns None (SB3 then uses ``-log pi(a)`` of the batch).
+class NoEntropyGMMDistribution(GMMDistribution):
+    """``entropy()`` returns None: SB3 then uses ``-log pi(a)`` of the batch."""
 
-    Defined lazily so this module imports before ``sb3_gmm.policies`` exists.
-    """
-    from sb3_gmm import GMMActorCriticPolicy, GMMDistribution
+    def entropy(self) -> None:  # type: ignore[override]
+        return None
 
-    class NoEntropyGMMDistribution(GMMDistribution):
-        def entropy(self) -> None:  # type: ignore[override]
-            return None
 
-    class NoEntropyGMMActorCriticPolicy(GMMActorCriticPolicy):
-        def _get_action_dist_from_latent(self, latent_pi: th.Tensor, *args: Any, **kwargs: Any):
-            distribution = super()._get_action_dist_from_latent(latent_pi, *args, **kwargs)
-            distribution.__class__ = NoEntropyGMMDistribution
-            return distribution
-
-    return NoEntropyGMMActorCriticPolicy
+class NoEntropyGMMActorCriticPolicy(GMMActorCriticPolicy):
+    distribution_class = NoEntropyGMMDistribution
 
 
 def policy_for(spec: RunSpec) -> Tuple[Any, Dict[str, Any]]:
-    """Policy class (or SB3 name) and extra policy_kwargs for a run."""
+    """Policy class (or SB3 name) and the extra policy kwargs (the estimator) of a run."""
     if spec.n_components == 0:
         return "MlpPolicy", {}
-    from sb3_gmm import GMMActorCriticPolicy
-
-    kwargs: Dict[str, Any] = {"n_components": spec.n_components}
     if spec.entropy == "none":
-        return no_entropy_policy_class(), kwargs
-    if spec.entropy not in ("default", "any"):
-        kwargs["entropy_method"] = spec.entropy
-    return GMMActorCriticPolicy, kwargs
+        return NoEntropyGMMActorCriticPolicy, {}
+    return GMMActorCriticPolicy, {} if spec.entropy in ("default", "any") else {"entropy_method": spec.entropy}
 
 
 def make_envs(spec: RunSpec, n_envs: int, seed: int, normalize_from=None):
@@ -236,20 +195,20 @@ def make_envs(spec: RunSpec, n_envs: int, seed: int, normalize_from=None):
     import sb3_gmm.envs  # noqa: F401  (registers the built-in environments)
 
     vec_env = make_vec_env(spec.env_id, n_envs=n_envs, seed=seed)
-    setting = ENV_SETTINGS[spec.env_id]
-    if setting.normalize:
-        if normalize_from is None:
-            vec_env = VecNormalize(vec_env, gamma=setting.ppo_kwargs.get("gamma", 0.99))
-        else:
-            vec_env = VecNormalize(vec_env, training=False, norm_reward=False)
-            vec_env.obs_rms = normalize_from.obs_rms
+    tuned = ENV_SETTINGS[spec.env_id].tuned
+    if not tuned.get("normalize", False):
+        return vec_env
+    if normalize_from is None:
+        return VecNormalize(vec_env, gamma=tuned.get("gamma", 0.99))
+    vec_env = VecNormalize(vec_env, training=False, norm_reward=False)
+    vec_env.obs_rms = normalize_from.obs_rms
     return vec_env
 
 
 def evaluate(model, spec: RunSpec, episodes: int, deterministic: bool, seed: int) -> Tuple[List[float], List[int]]:
     """Returns of ``episodes`` episodes, and on the navigation task the side (+1 above, -1 below, 0 neither)."""
     train_env = model.get_env()
-    normalizer = train_env if ENV_SETTINGS[spec.env_id].normalize else None
+    normalizer = train_env if ENV_SETTINGS[spec.env_id].tuned.get("normalize", False) else None
     env = make_envs(spec, 1, seed, normalize_from=normalizer)
     returns, sides = [], []
     for _ in range(episodes):
@@ -285,6 +244,29 @@ def bandit_action_histogram(model, bins: int = 40, samples: int = 4000) -> Tuple
     return density.tolist(), fractions
 
 
+class EpisodeRecorder:
+    """SB3 callback (built lazily, SB3 is imported in the worker) collecting finished training episodes."""
+
+    @staticmethod
+    def make():
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        class Recorder(BaseCallback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.timesteps: List[int] = []
+                self.returns: List[float] = []
+
+            def _on_step(self) -> bool:
+                for info in self.locals["infos"]:
+                    if "episode" in info:
+                        self.timesteps.append(int(self.num_timesteps))
+                        self.returns.append(float(info["episode"]["r"]))
+                return True
+
+        return Recorder()
+
+
 def run_one(spec: RunSpec, code_commit: str) -> RunResult:
     """Train and evaluate one configuration.
 
@@ -293,46 +275,29 @@ def run_one(spec: RunSpec, code_commit: str) -> RunResult:
     """
     th.set_num_threads(1)
     from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import BaseCallback
 
-    class EpisodeRecorder(BaseCallback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.timesteps: List[int] = []
-            self.returns: List[float] = []
-
-        def _on_step(self) -> bool:
-            for info in self.locals["infos"]:
-                if "episode" in info:
-                    self.timesteps.append(int(self.num_timesteps))
-                    self.returns.append(float(info["episode"]["r"]))
-            return True
+    from sb3_gmm.entropy import get_estimator
 
     setting = ENV_SETTINGS[spec.env_id]
     start = time.perf_counter()
-    env = make_envs(spec, setting.n_envs, spec.seed)
-    policy, extra_policy_kwargs = policy_for(spec)
-    ppo_kwargs = dict(setting.ppo_kwargs)
-    policy_kwargs = {**ppo_kwargs.pop("policy_kwargs", {}), **extra_policy_kwargs}
-    model = PPO(
-        policy, env, ent_coef=spec.ent_coef, seed=spec.seed, policy_kwargs=policy_kwargs, verbose=0, **ppo_kwargs
-    )
-    recorder = EpisodeRecorder()
+    env = make_envs(spec, setting.tuned["n_envs"], spec.seed)
+    policy, estimator_kwargs = policy_for(spec)
+    kwargs = setting.ppo_kwargs(spec.n_components)
+    kwargs["policy_kwargs"] |= estimator_kwargs
+    model = PPO(policy, env, ent_coef=spec.ent_coef, seed=spec.seed, verbose=0, **kwargs)
+    recorder = EpisodeRecorder.make()
     model.learn(total_timesteps=spec.timesteps, callback=recorder)
-    result = RunResult(spec=asdict(spec), curve_timesteps=recorder.timesteps, curve_returns=recorder.returns)
+    curve = bin_curve(recorder.timesteps, recorder.returns, spec.timesteps)
+    result = RunResult(spec=asdict(spec), **dict(zip(("curve_timesteps", "curve_returns", "curve_episodes"), curve)))
     if spec.n_components:
-        from sb3_gmm.entropy import get_estimator
-
-        entropy_method = getattr(model.policy, "entropy_method", None)
-        result.entropy_method_resolved = str(entropy_method)
+        result.entropy_method_resolved = str(model.policy.entropy_method)
         if spec.entropy != "none":
             options = dict(getattr(model.policy, "entropy_kwargs", None) or {})
-            result.entropy_kwargs_resolved = get_estimator(entropy_method).resolve_options(options)
+            result.entropy_kwargs_resolved = get_estimator(model.policy.entropy_method).resolve_options(options)
     result.code_commit = code_commit
     deterministic, _ = evaluate(model, spec, setting.eval_episodes, True, seed=10_000 + spec.seed)
     stochastic, sides = evaluate(model, spec, setting.eval_episodes, False, seed=20_000 + spec.seed)
-    result.deterministic_return = float(np.mean(deterministic))
-    result.stochastic_return = float(np.mean(stochastic))
+    result.deterministic_return, result.stochastic_return = float(np.mean(deterministic)), float(np.mean(stochastic))
     result.stochastic_returns = stochastic
     if spec.env_id == NAVIGATION_ID:
         sides_array = np.array(sides)
@@ -363,30 +328,25 @@ def _run_and_save(args: Tuple[RunSpec, str, str]) -> Tuple[str, float, Optional[
 def run_grid(specs: List[RunSpec], out_dir: Path, workers: int) -> None:
     import multiprocessing
 
-    from benchmarks._report import git_commit
-
     # Stamped once: editing the checkout while a long grid runs must not relabel the runs still to come.
-    code_commit = git_commit()
+    code_commit = _report.git_commit()
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [spec for spec in specs if not (out_dir / f"{spec.key}.json").exists()]
     print(f"{len(specs)} runs in the grid, {len(specs) - len(todo)} already done, {len(todo)} to run", flush=True)
     start = time.perf_counter()
-    context = multiprocessing.get_context("fork")
-    with context.Pool(processes=workers, maxtasksperchild=1) as pool:
-        for done, (key, seconds, error) in enumerate(
-            pool.imap_unordered(_run_and_save, [(spec, str(out_dir), code_commit) for spec in todo]), start=1
-        ):
+    with multiprocessing.get_context("fork").Pool(processes=workers, maxtasksperchild=1) as pool:
+        jobs = [(spec, str(out_dir), code_commit) for spec in todo]
+        for done, (key, seconds, error) in enumerate(pool.imap_unordered(_run_and_save, jobs), start=1):
             status = f"FAILED {error}" if error else f"{seconds:.0f}s"
-            elapsed = time.perf_counter() - start
-            print(f"[{done}/{len(todo)} {elapsed / 60:.1f} min] {key}: {status}", flush=True)
+            print(f"[{done}/{len(todo)} {(time.perf_counter() - start) / 60:.1f} min] {key}: {status}", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Report
+# Summarise and render
 
 
 def default_out_dir(budget: str) -> Path:
-    """Full-budget runs are the evidence behind docs/rl_results.md, so they live in the repository (5-70 kB each)."""
+    """Full-budget runs are the evidence behind docs/rl_results.md, so they live in the repository (3-15 kB each)."""
     if budget == "full":
         return REPO_ROOT / "docs" / "data" / "rl_compare" / budget
     return REPO_ROOT / "runs" / "rl_compare" / budget
@@ -396,18 +356,84 @@ def load_results(out_dir: Path) -> List[Dict[str, Any]]:
     return [json.loads(path.read_text()) for path in sorted(out_dir.glob("*.json"))]
 
 
-def _binned_curve(result: Dict[str, Any], grid: np.ndarray) -> np.ndarray:
-    """Mean training-episode return in each bin of the timestep grid (carried forward over empty bins)."""
-    timesteps = np.asarray(result["curve_timesteps"])
-    returns = np.asarray(result["curve_returns"])
-    values = np.full(len(grid) - 1, np.nan)
-    for index in range(len(grid) - 1):
-        in_bin = (timesteps > grid[index]) & (timesteps <= grid[index + 1])
-        if in_bin.any():
-            values[index] = returns[in_bin].mean()
+def figure_curve(result: Dict[str, Any], bins: int = FIGURE_BINS) -> np.ndarray:
+    """The stored curve merged into ``bins`` bins (episode-weighted means), carried forward over empty bins."""
+    counts = np.asarray(result["curve_episodes"], dtype=float).reshape(bins, -1)
+    returns = np.nan_to_num(np.asarray(result["curve_returns"], dtype=float)).reshape(bins, -1)
+    values = np.full(bins, np.nan)
+    for index in range(bins):
+        if counts[index].sum() > 0:
+            values[index] = (counts[index] * returns[index]).sum() / counts[index].sum()
         elif index > 0:
             values[index] = values[index - 1]
     return values
+
+
+def _runs_by(results: List[Dict[str, Any]], env_id: str, coef: float) -> Dict[str, List[Dict[str, Any]]]:
+    """The runs of one environment and ent_coef, per variant (Gaussian first)."""
+    runs = [r for r in results if r["spec"]["env_id"] == env_id and r["spec"]["ent_coef"] == coef]
+    variants = sorted({r["spec"]["variant"] for r in runs}, key=lambda v: (v != "gaussian", v))
+    return {variant: [r for r in runs if r["spec"]["variant"] == variant] for variant in variants}
+
+
+def _plot_env(plt: Any, env_results: List[Dict[str, Any]], setting: EnvSetting, path: Path) -> None:
+    grid = np.linspace(0, max(r["spec"]["timesteps"] for r in env_results), FIGURE_BINS + 1)
+    centres = 0.5 * (grid[1:] + grid[:-1])
+    coefs = sorted({r["spec"]["ent_coef"] for r in env_results})
+    figure, axes = plt.subplots(1, len(coefs), figsize=(6 * len(coefs), 4), sharey=True, squeeze=False)
+    for axis, coef in zip(axes[0], coefs):
+        for variant, runs in sorted(_runs_by(env_results, setting.env_id, coef).items()):
+            curves = np.array([figure_curve(r) for r in runs])
+            color, linestyle = _style(variant)
+            with warnings.catch_warnings():  # bins before a run's first finished episode are all-NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                median, low, high = (f(curves, axis=0) for f in (np.nanmedian, np.nanmin, np.nanmax))
+            axis.plot(centres, median, color=color, linestyle=linestyle, label=f"{variant} ({len(runs)})")
+            axis.fill_between(centres, low, high, color=color, alpha=0.08)
+        axis.set(title=f"{setting.env_id}, ent_coef={coef:g}", xlabel="timesteps")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, loc="lower right")
+    axes[0][0].set_ylabel("training return (median over seeds, band min-max)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _plot_bandit_actions(plt: Any, bandit: List[Dict[str, Any]], path: Path) -> None:
+    figure, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
+    edges = np.linspace(-1, 1, len(bandit[0]["action_histogram"]) + 1)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    for axis, coef in zip(axes, (0.0, max(r["spec"]["ent_coef"] for r in bandit))):
+        for variant, runs in sorted(_runs_by(bandit, BANDIT_ID, coef).items()):
+            if "legendre" in variant or "component_average" in variant:
+                continue  # keep the panel readable: default / none / gaussian tell the story
+            color, linestyle = _style(variant)
+            density = np.mean([r["action_histogram"] for r in runs], axis=0)
+            axis.step(centres, density, where="mid", color=color, linestyle=linestyle, label=variant)
+        axis.axvspan(-0.3, 0.3, color="grey", alpha=0.15, label="valley")
+        axis.set(title=f"TwoPeakBandit final action density (mean over seeds), ent_coef={coef:g}", xlabel="action")
+        axis.legend(fontsize=7)
+    axes[0].set_ylabel("density")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_curves(results: List[Dict[str, Any]], figures_dir: Path) -> List[Path]:
+    """One learning-curve figure per environment and the bandit's action densities."""
+    plt = _report.pyplot()
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for env_id, setting in ENV_SETTINGS.items():
+        env_results = [r for r in results if r["spec"]["env_id"] == env_id]
+        if env_results:
+            paths.append(figures_dir / f"rl_{setting.short_name}.png")
+            _plot_env(plt, env_results, setting, paths[-1])
+    bandit = [r for r in results if r["spec"]["env_id"] == BANDIT_ID and r.get("action_histogram")]
+    if bandit:
+        paths.append(figures_dir / "rl_bandit_actions.png")
+        _plot_bandit_actions(plt, bandit, paths[-1])
+    return paths
 
 
 def _style(variant: str) -> Tuple[str, str]:
@@ -426,110 +452,36 @@ def _style(variant: str) -> Tuple[str, str]:
     return color, linestyle
 
 
-def plot_curves(results: List[Dict[str, Any]], figures_dir: Path, budget: str) -> List[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for env_id, setting in ENV_SETTINGS.items():
-        env_results = [r for r in results if r["spec"]["env_id"] == env_id]
-        if not env_results:
-            continue
-        total = max(r["spec"]["timesteps"] for r in env_results)
-        grid = np.linspace(0, total, 21)
-        centres = 0.5 * (grid[1:] + grid[:-1])
-        coefs = sorted({r["spec"]["ent_coef"] for r in env_results})
-        figure, axes = plt.subplots(1, len(coefs), figsize=(6 * len(coefs), 4), sharey=True, squeeze=False)
-        for axis, coef in zip(axes[0], coefs):
-            variants = sorted({r["spec"]["variant"] for r in env_results if r["spec"]["ent_coef"] == coef})
-            for variant in variants:
-                runs = [r for r in env_results if r["spec"]["ent_coef"] == coef and r["spec"]["variant"] == variant]
-                curves = np.array([_binned_curve(r, grid) for r in runs])
-                color, linestyle = _style(variant)
-                with warnings.catch_warnings():  # bins before a run's first finished episode are all-NaN
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    median, low, high = (f(curves, axis=0) for f in (np.nanmedian, np.nanmin, np.nanmax))
-                axis.plot(centres, median, color=color, linestyle=linestyle, label=f"{variant} ({len(runs)})")
-                axis.fill_between(centres, low, high, color=color, alpha=0.08)
-            axis.set_title(f"{env_id}, ent_coef={coef:g}")
-            axis.set_xlabel("timesteps")
-            axis.grid(alpha=0.3)
-            axis.legend(fontsize=7, loc="lower right")
-        axes[0][0].set_ylabel("training return (median over seeds, band min-max)")
-        figure.tight_layout()
-        path = figures_dir / f"rl_{setting.short_name}.png"
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-        paths.append(path)
-    bandit = [r for r in results if r["spec"]["env_id"] == BANDIT_ID and r.get("action_histogram")]
-    if bandit:
-        figure, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
-        edges = np.linspace(-1, 1, len(bandit[0]["action_histogram"]) + 1)
-        centres = 0.5 * (edges[1:] + edges[:-1])
-        positive = max(r["spec"]["ent_coef"] for r in bandit)
-        for axis, coef in zip(axes, (0.0, positive)):
-            for variant in sorted({r["spec"]["variant"] for r in bandit if r["spec"]["ent_coef"] == coef}):
-                runs = [r for r in bandit if r["spec"]["ent_coef"] == coef and r["spec"]["variant"] == variant]
-                if "legendre" in variant or "component_average" in variant:
-                    continue  # keep the panel readable: default / none / gaussian tell the story
-                color, linestyle = _style(variant)
-                density = np.mean([r["action_histogram"] for r in runs], axis=0)
-                axis.step(centres, density, where="mid", color=color, linestyle=linestyle, label=variant)
-            axis.axvspan(-0.3, 0.3, color="grey", alpha=0.15, label="valley")
-            axis.set_title(f"TwoPeakBandit final action density (mean over seeds), ent_coef={coef:g}")
-            axis.set_xlabel("action")
-            axis.legend(fontsize=7)
-        axes[0].set_ylabel("density")
-        figure.tight_layout()
-        path = figures_dir / "rl_bandit_actions.png"
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-        paths.append(path)
-    return paths
-
-
 def _summary(values: List[float]) -> str:
     array = np.asarray(values, dtype=float)
-    if array.size == 0:
-        return "-"
-    return f"{np.median(array):.2f} [{array.min():.2f}, {array.max():.2f}]"
+    return f"{np.median(array):.2f} [{array.min():.2f}, {array.max():.2f}]" if array.size else "-"
+
+
+def _modes(env_id: str, runs: List[Dict[str, Any]]) -> str:
+    """How the stochastic policy splits between the two optimal modes, per run."""
+    if env_id == NAVIGATION_ID:
+        return "above/below " + ", ".join(
+            f"{r['mode_fractions']['above']:.2f}/{r['mode_fractions']['below']:.2f}" for r in runs
+        )
+    if env_id == BANDIT_ID:
+        pairs = [(r["mode_fractions"]["negative_peak"], r["mode_fractions"]["positive_peak"]) for r in runs]
+        return "-/+ peak " + ", ".join(f"{negative:.2f}/{positive:.2f}" for negative, positive in pairs)
+    return "-"
 
 
 def results_table(results: List[Dict[str, Any]]) -> str:
     """Markdown table: per environment, ent_coef and variant, median [min, max] over seeds."""
-    lines = [
-        "| env | ent_coef | policy | seeds | deterministic return | stochastic return | modes (stochastic) | min/run |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for env_id in ENV_SETTINGS:
-        env_results = [r for r in results if r["spec"]["env_id"] == env_id]
-        for coef in sorted({r["spec"]["ent_coef"] for r in env_results}):
-            variants = sorted(
-                {r["spec"]["variant"] for r in env_results if r["spec"]["ent_coef"] == coef},
-                key=lambda v: (v != "gaussian", v),
-            )
-            for variant in variants:
-                runs = [r for r in env_results if r["spec"]["ent_coef"] == coef and r["spec"]["variant"] == variant]
-                modes = "-"
-                if env_id == NAVIGATION_ID:
-                    modes = "above/below " + ", ".join(
-                        f"{r['mode_fractions']['above']:.2f}/{r['mode_fractions']['below']:.2f}" for r in runs
-                    )
-                elif env_id == BANDIT_ID:
-                    modes = "-/+ peak " + ", ".join(
-                        f"{r['mode_fractions']['negative_peak']:.2f}/{r['mode_fractions']['positive_peak']:.2f}"
-                        for r in runs
-                    )
-                minutes = np.median([r["wall_seconds"] for r in runs]) / 60
-                lines.append(
-                    f"| {ENV_SETTINGS[env_id].short_name} | {coef:g} | {variant} | {len(runs)} "
-                    f"| {_summary([r['deterministic_return'] for r in runs])} "
-                    f"| {_summary([r['stochastic_return'] for r in runs])} | {modes} | {minutes:.1f} |"
-                )
-    return "\n".join(lines)
+    rows = []
+    for env_id, setting in ENV_SETTINGS.items():
+        for coef in sorted({r["spec"]["ent_coef"] for r in results if r["spec"]["env_id"] == env_id}):
+            for variant, runs in _runs_by(results, env_id, coef).items():
+                rows.append([
+                    setting.short_name, f"{coef:g}", variant, len(runs),
+                    *(_summary([r[key] for r in runs]) for key in ("deterministic_return", "stochastic_return")),
+                    _modes(env_id, runs), f"{np.median([r['wall_seconds'] for r in runs]) / 60:.1f}",
+                ])  # fmt: skip
+    header = ["env", "ent_coef", "policy", "seeds", "deterministic return", "stochastic return", "modes (stochastic)"]
+    return _report.markdown_table(header + ["min/run"], rows)
 
 
 def bandit_regularised_optimum(alphas: Tuple[float, ...] = (0.01, 0.02, 0.05, 0.1)) -> str:
@@ -590,95 +542,71 @@ def bandit_regularised_optimum(alphas: Tuple[float, ...] = (0.01, 0.02, 0.05, 0.
     return "\n".join(lines)
 
 
-def machine_description() -> str:
-    from benchmarks.throughput import machine_description as describe
+def render(results: List[Dict[str, Any]], failed: List[str], figures: List[Path], out_dir: Path, args) -> str:
+    """The page's generated block (and what is printed)."""
+    envs = [setting for env_id, setting in ENV_SETTINGS.items() if any(r["spec"]["env_id"] == env_id for r in results)]
+    steps = ", ".join(f"{setting.short_name} {setting.timesteps[args.budget]:,}" for setting in envs)
+    shown_dir = out_dir.relative_to(REPO_ROOT) if out_dir.is_relative_to(REPO_ROOT) else out_dir
+    minutes = sum(r["wall_seconds"] for r in results) / 60
+    record = _report.run_record("benchmarks.rl_compare", args.argv)
+    lines = [
+        _report.provenance(record, minutes, "sum of the runs' wall times (1 thread each)"),
+        f"Runs made at commit(s) {', '.join(sorted({str(r['code_commit']) for r in results}))}. Every finished run in "
+        f"`{shown_dir}` is in the table: median [min, max] over seeds of the final evaluation return. Steps per run: "
+        f"{steps}.",
+        "",
+        results_table(results),
+    ]
+    if any(r["spec"]["env_id"] == BANDIT_ID for r in results):
+        lines += ["", "TwoPeakBandit, one step, entropy-regularised optimum:", "", bandit_regularised_optimum()]
+    if failed:
+        lines += ["", "failed runs: " + ", ".join(failed)]
+    page_dir = (args.write or REPO_ROOT / "docs" / "rl_results.md").parent
+    links = [f"[{path.stem}]({os.path.relpath(path, page_dir)})" for path in figures]
+    return "\n".join(lines + ["", "Learning curves and action densities: " + ", ".join(links) + "."])
 
-    return describe()
 
-
-def figure_links(paths: List[Path], page: Path) -> str:
-    links = [f"[{path.stem}]({os.path.relpath(path, page.parent)})" for path in paths]
-    return "Learning curves and action densities: " + ", ".join(links) + "."
-
-
-def main(argv: Optional[List[str]] = None) -> None:
+def parse_args(argv: List[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=("quick", "full"), default="quick")
     parser.add_argument("--envs", nargs="+", default=list(DEFAULT_ENVS), choices=list(ENV_SETTINGS))
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (full), 0 (quick)")
     parser.add_argument("--components", type=int, nargs="*", default=[2, 4])
     parser.add_argument(
-        "--treatments",
-        nargs="+",
-        default=list(ENTROPY_TREATMENTS),
-        choices=list(ENTROPY_TREATMENTS),
+        "--treatments", nargs="+", default=list(ENTROPY_TREATMENTS), choices=list(ENTROPY_TREATMENTS),
         help="entropy treatments of the GMM runs with a positive ent_coef (a smaller grid for costly envs)",
-    )
+    )  # fmt: skip
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="run folder (default docs/data/rl_compare/full, committed as the evidence; runs/rl_compare/quick)",
-    )
+    parser.add_argument("--out", type=Path, help="run folder (default docs/data/rl_compare/full; quick: runs/)")
     parser.add_argument("--figures", type=Path, default=REPO_ROOT / "docs" / "figures")
     parser.add_argument("--report", action="store_true", help="only build the table and figures from finished runs")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     parser.add_argument(
-        "--write",
-        nargs="?",
-        type=Path,
-        const=REPO_ROOT / "docs" / "rl_results.md",
-        default=None,
+        "--write", nargs="?", type=Path, const=REPO_ROOT / "docs" / "rl_results.md",
         help="rewrite the generated block of this page (default docs/rl_results.md) from all finished runs",
-    )
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    args.argv = argv
+    return args
 
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     seeds = tuple(args.seeds) if args.seeds else ((0, 1, 2) if args.budget == "full" else (0,))
     out_dir = args.out or default_out_dir(args.budget)
     specs = build_grid(tuple(args.envs), args.budget, seeds, tuple(args.components), tuple(args.treatments))
     if args.dry_run:
-        for spec in specs:
-            print(spec.key, spec.timesteps)
-        print(f"{len(specs)} runs")
+        print("\n".join(f"{spec.key} {spec.timesteps}" for spec in specs) + f"\n{len(specs)} runs")
         return
     if not args.report:
         run_grid(specs, out_dir, args.workers)
     results = load_results(out_dir)
     failed = sorted(path.stem for path in out_dir.glob("*.failed") if not path.with_suffix(".json").exists())
-    output = [results_table(results)]
-    if any(r["spec"]["env_id"] == BANDIT_ID for r in results):
-        output += ["", "TwoPeakBandit, one step, entropy-regularised optimum:", "", bandit_regularised_optimum()]
-    if failed:
-        output += ["", "failed runs: " + ", ".join(failed)]
-    print("\n".join(output))
-    figures = plot_curves(results, args.figures, args.budget)
-    for path in figures:
-        print("wrote", path)
-    print("machine:", machine_description())
+    figures = plot_curves(results, args.figures)
+    body = render(results, failed, figures, out_dir, args)
+    print(body)
     if args.write:
-        from benchmarks._report import provenance, write_generated
-
-        command = ["python", "benchmarks/rl_compare.py", *(argv if argv is not None else sys.argv[1:])]
-        minutes = sum(r["wall_seconds"] for r in results) / 60
-        shown_dir = out_dir.relative_to(REPO_ROOT) if out_dir.is_relative_to(REPO_ROOT) else out_dir
-        steps = ", ".join(
-            f"{setting.short_name} {setting.timesteps[args.budget]:,}"
-            for env_id, setting in ENV_SETTINGS.items()
-            if any(r["spec"]["env_id"] == env_id for r in results)
-        )
-        body = "\n".join(
-            [
-                provenance(command, machine_description(), minutes, "sum of the runs' wall times (1 thread each)"),
-                f"Every finished run in `{shown_dir}` is in the table: median [min, max] over seeds of the final "
-                f"evaluation return. Steps per run: {steps}.",
-                "",
-                *output,
-                "",
-                figure_links(figures, args.write),
-            ]
-        )
-        write_generated(args.write, "benchmarks/rl_compare.py", body, "RL comparison")
+        _report.write_generated(args.write, "benchmarks/rl_compare.py", body, "RL comparison")
         print("wrote", args.write)
 
 

@@ -4,8 +4,8 @@ The machine this runs on is shared and its speed drifts, so the two are measured
 every repeat round times ``MlpPolicy, GMM config 1, MlpPolicy, GMM config 2, ..., MlpPolicy``, and each GMM
 measurement is divided by the mean of the two MlpPolicy measurements around it. The reported ratio is the median
 over rounds (a ratio of 1 means no slowdown). Each measurement is one fresh PPO ``learn()`` of ``--steps`` steps on
-Pendulum-v1 with the zoo's PPO settings (n_envs 4, n_steps 1024, batch 64, n_epochs 10, gamma 0.9, lr 1e-3, no
-gSDE); model construction is not timed. Time spent in ``collect_rollouts`` (acting) and ``train`` (the PPO update,
+Pendulum-v1 with the zoo's PPO settings (``sb3_gmm.hyperparams``: n_envs 4, n_steps 1024, batch 64, n_epochs 10,
+no gSDE); model construction is not timed. Time spent in ``collect_rollouts`` (acting) and ``train`` (the PPO update,
 where the entropy estimate is computed) is recorded separately.
 
 A method that raises (e.g. refuses a K) is reported as refused; one whose first measurement is slower than
@@ -13,14 +13,13 @@ A method that raises (e.g. refuses a K) is reported as refused; one whose first 
 
 Usage::
 
-    python benchmarks/throughput.py                       # the table in docs/performance.md (~15-25 min)
-    python benchmarks/throughput.py --components 4 --methods default --repeats 3   # the headline number only
+    python -m benchmarks.throughput --repeats 3 --write    # the table in docs/performance.md (~15-25 min)
+    python -m benchmarks.throughput --components 4 --methods default --repeats 3   # the headline number only
 """
 
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,32 +31,19 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch as th  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from benchmarks import _report  # noqa: E402
+from sb3_gmm.entropy import DEFAULT_METHOD, ESTIMATORS, gmm_entropy  # noqa: E402
+from sb3_gmm.hyperparams import algorithm_kwargs, hyperparams  # noqa: E402
 
-# "default" plus every registered estimator, cheapest family first.
-METHODS = (
-    "default",
-    "component_average",
-    "huber_upper",
-    "moment_matched",
-    "pairwise_bhattacharyya",
-    "pairwise_chernoff",
-    "pairwise_kl",
-    "huber_lower",
-    "huber_taylor",
-    "qmc",
-    "sigma_points",
-    "monte_carlo",
-    "taylor",
-    "taylor_limit",
-    "legendre",
-)
-PPO_SETTINGS: Dict[str, Any] = dict(
-    n_steps=1024, batch_size=64, n_epochs=10, gamma=0.9, gae_lambda=0.95, learning_rate=1e-3, clip_range=0.2
-)
-N_ENVS = 4
+# "default" plus every registered estimator, in registration order (cheapest families first).
+METHODS = ("default", *ESTIMATORS)
+# The zoo's Pendulum PPO settings; the entropy coefficient and the number of components are what is varied.
+PPO_SETTINGS: Dict[str, Any] = {
+    key: value
+    for key, value in algorithm_kwargs("ppo", "Pendulum-v1").items()
+    if key not in ("ent_coef", "policy_kwargs")
+}
+N_ENVS = hyperparams("ppo", "Pendulum-v1")["n_envs"]
 TARGET_RATIO = 0.85
 WARM_UP_CALLS = 20
 
@@ -236,8 +222,6 @@ def entropy_microbenchmark(
     components: List[int], methods: List[str], batch_size: int = 64, action_dim: int = 1, calls: int = 20
 ) -> str:
     """Milliseconds per forward + backward of the entropy estimate alone, for one PPO minibatch (markdown table)."""
-    from sb3_gmm.entropy import DEFAULT_METHOD, gmm_entropy
-
     generator = th.Generator().manual_seed(0)
     lines = ["| method | " + " | ".join(f"K={k}" for k in components) + " |", "|---|" + "---|" * len(components)]
     for method in methods:
@@ -264,23 +248,6 @@ def entropy_microbenchmark(
     return "\n".join(lines)
 
 
-def machine_description() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import stable_baselines3
-
-    return (
-        f"{os.cpu_count()}-core CPU ({model}), torch {th.__version__} with {th.get_num_threads()} thread(s), "
-        f"stable-baselines3 {stable_baselines3.__version__}, Python {platform.python_version()}"
-    )
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--components", type=int, nargs="+", default=[1, 2, 4, 8])
@@ -300,16 +267,17 @@ def main(argv: Optional[List[str]] = None) -> None:
         "--write",
         nargs="?",
         type=Path,
-        const=REPO_ROOT / "docs" / "performance.md",
+        const=_report.DOCS / "performance.md",
         default=None,
         help="rewrite the generated block of this page (default docs/performance.md)",
     )
     args = parser.parse_args(argv)
 
     th.set_num_threads(1)
-    from sb3_gmm.entropy import DEFAULT_METHOD
-
-    start = time.perf_counter()
+    record, start = (
+        _report.run_record("benchmarks.throughput", sys.argv[1:] if argv is None else argv),
+        time.perf_counter(),
+    )
     output = [
         f"Entropy estimate alone, ms per forward+backward, batch 64, D=1 (default = {DEFAULT_METHOD}):",
         "",
@@ -334,16 +302,14 @@ def main(argv: Optional[List[str]] = None) -> None:
             )
     minutes = (time.perf_counter() - start) / 60
     print("\n".join(output[already_printed:]))
-    print(f"machine: {machine_description()}; wall time {minutes:.1f} min")
+    print(_report.provenance(record, minutes))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"records": records, "baselines": baselines, "summary": summary}, indent=1))
+        payload = {"record": record, "records": records, "baselines": baselines, "summary": summary}
+        args.json.write_text(json.dumps(payload, indent=1))
     if args.write:
-        from benchmarks._report import provenance, write_generated
-
-        command = ["python", "benchmarks/throughput.py", *(argv if argv is not None else sys.argv[1:])]
-        body = provenance(command, machine_description(), minutes) + "\n\n" + "\n".join(output)
-        write_generated(args.write, "benchmarks/throughput.py", body, "Training throughput")
+        body = _report.provenance(record, minutes) + "\n\n" + "\n".join(output)
+        _report.write_generated(args.write, "benchmarks/throughput.py", body, "Training throughput")
         print("wrote", args.write)
 
 

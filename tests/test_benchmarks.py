@@ -3,6 +3,8 @@
 import json
 import math
 
+import pytest
+
 from benchmarks._report import begin_marker, end_marker, write_generated
 
 
@@ -27,7 +29,7 @@ def test_throughput_script_writes_its_table(tmp_path):
          "--write", str(page), "--json", str(raw)]
     )  # fmt: skip
     text = page.read_text()
-    assert "benchmarks/throughput.py --components 2" in text
+    assert "python -m benchmarks.throughput --components 2" in text
     row = json.loads(raw.read_text())["summary"]["rows"]["K2-default-ent0"]
     assert row["n"] == 1 and 0.0 < row["ratio_median"] < 10.0
     assert f"{row['ratio_median']:.2f}" in text
@@ -38,6 +40,34 @@ def test_throughput_covers_every_registered_estimator():
     from sb3_gmm.entropy import ESTIMATORS
 
     assert set(METHODS) == {"default", *ESTIMATORS}
+
+
+def test_bin_curve_keeps_episode_means_and_counts():
+    """Stored curves are binned: each bin holds the mean of the episodes ending in (left, right] and their count."""
+    from benchmarks.rl_compare import bin_curve
+
+    edges, means, counts = bin_curve([1, 2, 5, 6, 10, 11], [1.0, 3.0, 5.0, 7.0, 9.0, 100.0], total=10, bins=5)
+    assert edges == [2, 4, 6, 8, 10] and counts == [2, 0, 2, 0, 1]  # the episode past the budget is left out
+    assert means == [2.0, None, 6.0, None, 9.0]
+
+
+def test_entropy_accuracy_page_is_rendered_from_its_json(tmp_path):
+    """Re-summarising the stored raw results reproduces the stored summaries, and rendering shows them."""
+    import shutil
+
+    from benchmarks import entropy_accuracy
+    from benchmarks._report import DOCS
+
+    stored = json.loads((DOCS / "entropy_accuracy.json").read_text())
+    shutil.copy(DOCS / "entropy_accuracy.json", tmp_path / "entropy_accuracy.json")
+    payload = entropy_accuracy.main(["--render", "--output-dir", str(tmp_path)])
+    for old, new in zip(stored["summaries"], payload["summaries"]):
+        assert old["label"] == new["label"] and old["max_abs_error"] == pytest.approx(new["max_abs_error"], rel=1e-6)
+        assert old["n_refused"] == new["n_refused"] and old["meets_bar"] == new["meets_bar"]
+    page = (DOCS / "entropy_accuracy.md").read_text()
+    for line in (tmp_path / "entropy_accuracy.md").read_text().splitlines():
+        if line.startswith("|"):
+            assert line in page, f"docs/entropy_accuracy.md does not show {line!r}: run entropy_accuracy --render"
 
 
 def test_rl_compare_runs_a_small_grid_and_writes_its_page(tmp_path):
@@ -61,8 +91,10 @@ def test_rl_compare_runs_a_small_grid_and_writes_its_page(tmp_path):
     for name in results:
         result = json.loads((runs / f"{name}.json").read_text())
         # returns are finite and never above the documented optimum 5.0 (the valley penalty can make them negative)
-        assert result["curve_returns"] and math.isfinite(result["deterministic_return"])
-        assert max(result["curve_returns"]) <= 5.0 + 1e-6 and result["deterministic_return"] <= 5.0 + 1e-6
+        curve = [value for value in result["curve_returns"] if value is not None]
+        assert len(result["curve_returns"]) == rl_compare.CURVE_BINS == len(result["curve_episodes"])
+        assert sum(result["curve_episodes"]) > 0 and all(math.isfinite(value) for value in curve)
+        assert max(curve) <= 5.0 + 1e-6 and result["deterministic_return"] <= 5.0 + 1e-6
     text = page.read_text()
     assert "Hand-written reading." in text and "| bandit | 0.01 | gmm-K2-default | 1 |" in text
     assert (figures / "rl_bandit.png").stat().st_size > 0 and "figures/rl_bandit.png" in text

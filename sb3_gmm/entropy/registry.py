@@ -34,6 +34,7 @@ class EstimatorInfo:
     :param cost: the time/memory cost in K components, D dimensions and the order / point count
     :param options: keyword options with defaults and checks
     :param summary: one line for tables and error messages
+    :param family: the group it belongs to in tables and figures (e.g. "pairwise (Kolchinsky & Tracey)")
     """
 
     name: str
@@ -44,6 +45,7 @@ class EstimatorInfo:
     cost: str
     summary: str
     options: Dict[str, Option] = field(default_factory=dict)
+    family: str = "other"
 
     def resolve_options(self, given: Dict[str, Any]) -> Dict[str, Any]:
         """Fill in defaults and reject unknown or out-of-range options with a message naming them."""
@@ -65,6 +67,16 @@ class EstimatorInfo:
 
 ESTIMATORS: Dict[str, EstimatorInfo] = {}
 
+# The family of each built-in estimator, kept here so that a registration need not pass it (``register(family=...)``
+# does, for a new one).
+FAMILIES: Dict[str, str] = {
+    **dict.fromkeys(("component_average", "huber_upper", "moment_matched", "huber_lower"), "closed-form brackets"),
+    **dict.fromkeys(("pairwise_kl", "pairwise_bhattacharyya", "pairwise_chernoff"), "pairwise (Kolchinsky & Tracey)"),
+    **dict.fromkeys(("taylor", "taylor_limit", "legendre"), "moment series (Dahlke & Pacheco)"),
+    **dict.fromkeys(("huber_taylor", "sigma_points"), "sigma points and local expansions"),
+    **dict.fromkeys(("qmc", "monte_carlo"), "(quasi-)Monte Carlo"),
+}
+
 
 def register(
     name: str,
@@ -75,8 +87,9 @@ def register(
     options: Optional[Dict[str, Option]] = None,
     deterministic: bool = True,
     exact_for_single_gaussian: bool = True,
+    family: Optional[str] = None,
 ) -> Callable[[EstimatorFn], EstimatorFn]:
-    """Decorator that adds an estimator function to :data:`ESTIMATORS`."""
+    """Decorator that adds an estimator function to :data:`ESTIMATORS` (``family`` defaults to :data:`FAMILIES`)."""
     if bound not in ("lower", "upper", None):
         raise ValueError(f"bound must be 'lower', 'upper' or None, got {bound!r}")
 
@@ -92,6 +105,7 @@ def register(
             cost=cost,
             summary=summary,
             options=dict(options or {}),
+            family=family or FAMILIES.get(name, "other"),
         )
         return fn
 
