@@ -248,7 +248,7 @@ def entropy_microbenchmark(
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--components", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -271,8 +271,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         default=None,
         help="rewrite the generated block of this page (default docs/performance.md)",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse_args(argv)
     th.set_num_threads(1)
     record, start = (
         _report.run_record("benchmarks.throughput", sys.argv[1:] if argv is None else argv),
