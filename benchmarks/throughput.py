@@ -220,17 +220,16 @@ def markdown(summary: Dict[str, Any], components: List[int], methods: List[str],
 
 def entropy_microbenchmark(
     components: List[int], methods: List[str], batch_size: int = 64, action_dim: int = 1, calls: int = 20
-) -> str:
-    """Milliseconds per forward + backward of the entropy estimate alone, for one PPO minibatch (markdown table)."""
+) -> Dict[str, List[str]]:
+    """Milliseconds per forward + backward of the entropy estimate alone, for one PPO minibatch: method -> cells."""
     generator = th.Generator().manual_seed(0)
-    lines = ["| method | " + " | ".join(f"K={k}" for k in components) + " |", "|---|" + "---|" * len(components)]
+    cells: Dict[str, List[str]] = {method: [] for method in methods}
     for method in methods:
-        cells = []
+        name = DEFAULT_METHOD if method == "default" else method
         for n_components in components:
             logits = th.randn(batch_size, n_components, generator=generator).requires_grad_()
             means = th.randn(batch_size, n_components, action_dim, generator=generator).requires_grad_()
             stds = (0.5 + th.rand(batch_size, n_components, action_dim, generator=generator)).requires_grad_()
-            name = DEFAULT_METHOD if method == "default" else method
             try:
                 # Warm-up: with only 3 calls the table's first row came out up to 2x too slow (caches, allocator).
                 for _ in range(WARM_UP_CALLS):
@@ -241,10 +240,45 @@ def entropy_microbenchmark(
                     for _ in range(calls):
                         gmm_entropy(logits, means, stds, method=name).sum().backward()
                     block_seconds.append((time.perf_counter() - start) / calls)
-                cells.append(f"{np.median(block_seconds) * 1e3:.2f}")
+                cells[method].append(f"{np.median(block_seconds) * 1e3:.2f}")
             except Exception as error:
-                cells.append(f"refused ({type(error).__name__})")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+                cells[method].append(f"refused ({type(error).__name__})")
+    return cells
+
+
+def run(args: argparse.Namespace, record: Dict[str, Any]) -> Dict[str, Any]:
+    """The micro-benchmark and the alternating training measurements (raw, as stored in JSON)."""
+    start = time.perf_counter()
+    micro = entropy_microbenchmark(args.components, args.methods)
+    ent_coefs = list(args.ent_coefs)
+    records, baselines = measure(args.components, args.methods, args.repeats, args.steps, args.too_slow, ent_coefs)
+    config = dict(components=args.components, methods=args.methods, ent_coefs=ent_coefs, default=DEFAULT_METHOD)
+    minutes = (time.perf_counter() - start) / 60
+    return dict(record=record, minutes=minutes, config=config, micro=micro, records=records, baselines=baselines)
+
+
+def render(payload: Dict[str, Any]) -> str:
+    """The generated block of docs/performance.md from a stored payload."""
+    config, summary = payload["config"], summarise(payload["records"], payload["baselines"])
+    components, default = config["components"], config["default"]
+    micro_rows = [[method, *cells] for method, cells in payload["micro"].items()]
+    lines = [
+        _report.provenance(payload["record"], payload["minutes"]),
+        "",
+        f"Entropy estimate alone, ms per forward+backward, batch 64, D=1 (default = {default}):",
+        "",
+        _report.markdown_table(["method", *(f"K={k}" for k in components)], micro_rows),
+        "",
+        f"Whole training, default estimator = {default}; median [min-max] over rounds.",
+        "",
+        markdown(summary, components, config["methods"], config["ent_coefs"]),
+    ]
+    for ent_coef in config["ent_coefs"]:
+        row = summary["rows"].get(config_key(4, "default", ent_coef), {})
+        if "ratio_median" in row:
+            verdict = "met" if row["ratio_median"] >= TARGET_RATIO else "NOT met"
+            ratio = row["ratio_median"]
+            lines.append(f"\nK=4 default, ent_coef {ent_coef:g}: ratio {ratio:.2f}; target >= {TARGET_RATIO} {verdict}")
     return "\n".join(lines)
 
 
@@ -262,7 +296,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=4096, help="steps per measurement (4096 = one PPO iteration)")
     parser.add_argument("--too-slow", type=float, default=10.0, help="stop repeating a config this many times slower")
-    parser.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
+    parser.add_argument("--json", type=Path, help="write the raw measurements here (default with --write: docs/data)")
+    parser.add_argument("--render", type=Path, help="no measuring: render the page from this stored JSON")
     parser.add_argument(
         "--write",
         nargs="?",
@@ -277,41 +312,16 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     th.set_num_threads(1)
-    record, start = (
-        _report.run_record("benchmarks.throughput", sys.argv[1:] if argv is None else argv),
-        time.perf_counter(),
-    )
-    output = [
-        f"Entropy estimate alone, ms per forward+backward, batch 64, D=1 (default = {DEFAULT_METHOD}):",
-        "",
-        entropy_microbenchmark(args.components, args.methods),
-        "",
-    ]
-    print("\n".join(output), flush=True)
-    already_printed = len(output)
-    records, baselines = measure(
-        args.components, args.methods, args.repeats, args.steps, args.too_slow, list(args.ent_coefs)
-    )
-    summary = summarise(records, baselines)
-    output += [f"Whole training, default estimator = {DEFAULT_METHOD}; median [min-max] over rounds.", ""]
-    output.append(markdown(summary, args.components, args.methods, list(args.ent_coefs)))
-    for ent_coef in args.ent_coefs:
-        row = summary["rows"].get(config_key(4, "default", ent_coef), {})
-        if "ratio_median" in row:
-            verdict = "met" if row["ratio_median"] >= TARGET_RATIO else "NOT met"
-            output.append(
-                f"\nK=4 default, ent_coef {ent_coef:g}: ratio {row['ratio_median']:.2f}; "
-                f"target >= {TARGET_RATIO} {verdict}"
-            )
-    minutes = (time.perf_counter() - start) / 60
-    print("\n".join(output[already_printed:]))
-    print(_report.provenance(record, minutes))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"record": record, "records": records, "baselines": baselines, "summary": summary}
-        args.json.write_text(json.dumps(payload, indent=1))
+    if args.render:
+        payload = json.loads(args.render.read_text())
+    else:
+        payload = run(args, _report.run_record("benchmarks.throughput", sys.argv[1:] if argv is None else argv))
+        json_path = args.json or (_report.DOCS / "data" / "throughput.json" if args.write else None)
+        if json_path:
+            _report.write_json(json_path, payload)
+    body = render(payload)
+    print(body)
     if args.write:
-        body = _report.provenance(record, minutes) + "\n\n" + "\n".join(output)
         _report.write_generated(args.write, "benchmarks/throughput.py", body, "Training throughput")
         print("wrote", args.write)
 
