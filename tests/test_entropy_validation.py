@@ -1,6 +1,6 @@
 """Bad input to ``sb3_gmm.entropy.gmm_entropy``: every mistake is a ValueError that names the argument.
 
-Also: validation can be switched off per call and globally (and the switch really skips the checks).
+Also: validation can be switched off per call, per thread and globally (and the switch really skips the checks).
 """
 
 import math
@@ -10,7 +10,7 @@ import pytest
 import torch as th
 
 import sb3_gmm.entropy as entropy
-from sb3_gmm.entropy import ESTIMATORS, gmm_entropy, set_validate_args
+from sb3_gmm.entropy import ESTIMATORS, get_validate_args, gmm_entropy, set_validate_args, smallest_std, validation
 
 BATCH, K, D = 4, 3, 2
 
@@ -63,6 +63,7 @@ VALUE_ERRORS = {
     "negative std": ((logits, means, with_value(stds, (0, 0, 1), -0.5)), "stds"),
     "inf std": ((logits, means, with_value(stds, (3, 1, 1), math.inf)), "stds"),
     "nan std": ((logits, means, with_value(stds, (2, 0, 0), math.nan)), "stds"),
+    "subnormal std": ((logits, means, with_value(stds, (2, 1, 0), 1e-40)), "stds must be at least 1.18e-38"),
     "nan mean": ((logits, with_value(means, (2, 1, 0), math.nan), stds), "means"),
     "inf mean": ((logits, with_value(means, (0, 1, 1), -math.inf), stds), "means"),
     "nan logit": ((with_value(logits, (1, 1), math.nan), means, stds), "logits"),
@@ -162,7 +163,7 @@ def test_series_refuse_term_counts_that_exhaust_memory(method: str):
         gmm_entropy(logits, means, stds, method=method, order=8)
     # A batch whose intermediates alone would take GiBs is refused too, even with max_terms raised.
     logits, means, stds = th.zeros(4096, 8), th.zeros(4096, 8, 6), th.ones(4096, 8, 6)
-    with pytest.raises(ValueError, match="order=8 with K=8 needs .* GiB per intermediate"):
+    with pytest.raises(ValueError, match="order=8 with K=8 needs .* moment statistics alone would take .* GiB"):
         gmm_entropy(logits, means, stds, method=method, order=8, max_terms=10**6)
 
 
@@ -189,6 +190,42 @@ def test_validation_can_be_switched_off_globally(restore_validate_args):
     with pytest.raises(ValueError, match="stds"):
         gmm_entropy(logits, means, negative)
     gmm_entropy(logits, means, negative, validate_args=False)
+
+
+def test_validation_context_is_scoped_and_nests(restore_validate_args):
+    logits, means, stds = valid_inputs()
+    negative = with_value(stds, (0, 0, 0), -1.0)
+    with validation(False):
+        assert not get_validate_args()
+        gmm_entropy(logits, means, negative)  # no ValueError
+        with validation(True):
+            with pytest.raises(ValueError, match="stds"):
+                gmm_entropy(logits, means, negative)
+        gmm_entropy(logits, means, negative)  # the outer block's setting is back
+        with pytest.raises(ValueError, match="stds"):
+            gmm_entropy(logits, means, negative, validate_args=True)  # an explicit argument wins
+    assert get_validate_args()
+    with pytest.raises(ValueError, match="stds"):
+        gmm_entropy(logits, means, negative)
+    # A block in this thread overrides the process-wide default; leaving it falls back to that default.
+    set_validate_args(False)
+    with validation(True):
+        with pytest.raises(ValueError, match="stds"):
+            gmm_entropy(logits, means, negative)
+    gmm_entropy(logits, means, negative)
+
+
+@pytest.mark.parametrize("dtype", [th.float16, th.bfloat16, th.float32, th.float64], ids=str)
+def test_smallest_supported_std_is_named_per_dtype(dtype: th.dtype):
+    """Subnormal stds overflow 1 / std: refused with the smallest value the computation supports."""
+    smallest = smallest_std(dtype)
+    compute = th.float32 if dtype in (th.float16, th.bfloat16) else dtype
+    assert smallest == th.finfo(compute).tiny
+    logits, means, stds = valid_inputs(dtype)
+    gmm_entropy(logits, means, th.full_like(stds, max(smallest, th.finfo(dtype).tiny)))  # accepted
+    if compute == dtype:
+        with pytest.raises(ValueError, match=f"stds must be at least {smallest:.3g}"):
+            gmm_entropy(logits, means, th.full_like(stds, smallest / 4))
 
 
 def test_validation_does_not_change_valid_results():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch as th
 
-from sb3_gmm.entropy import gmm_entropy
+from sb3_gmm.entropy import MixtureParams, gmm_entropy, quadrature
 from sb3_gmm.entropy._common import mixture_params
 from sb3_gmm.entropy.quadrature import (
     INTEGRANDS,
@@ -50,15 +50,90 @@ def test_fused_matches_autograd(batch_shape, points_kind, control_variate, integ
         assert th.allclose(got, expected, atol=1e-10)
 
 
-def test_fused_path_refuses_second_derivatives():
-    logits = th.zeros(2, dtype=th.float64, requires_grad=True)
-    means = th.randn(2, 3, dtype=th.float64, requires_grad=True)
-    stds = th.ones(2, 3, dtype=th.float64, requires_grad=True)
-    points, weights = th.randn(4, 3, dtype=th.float64), th.full((4,), 0.25, dtype=th.float64)
-    value = quadrature_entropy(mixture_params(logits, means, stds), points, weights)
-    (grad,) = th.autograd.grad(value, means, create_graph=True)
-    with pytest.raises(RuntimeError):
-        th.autograd.grad(grad.sum(), means)
+def test_fused_path_second_derivatives_equal_autograd():
+    """The double backward through the fused Function is autograd's through the reference.
+
+    This test used to expect a RuntimeError and passed for an unrelated reason: the first gradient carried no graph
+    (``grad.requires_grad`` was False), so the second ``autograd.grad`` refused it as a constant. Every second
+    derivative that did not raise, e.g. ``hessian()``, was silently zero.
+    """
+    th.manual_seed(0)
+    logits = th.randn(3, dtype=th.float64, requires_grad=True)
+    means = th.randn(3, 2, dtype=th.float64, requires_grad=True)
+    stds = (th.rand(3, 2, dtype=th.float64) + 0.5).requires_grad_(True)
+    points, weights = th.randn(8, 2, dtype=th.float64), th.full((8,), 0.125, dtype=th.float64)
+
+    def second_derivatives(fused: bool):
+        value = quadrature_entropy(mixture_params(logits, means, stds), points, weights, fused=fused)
+        (grad,) = th.autograd.grad(value, means, create_graph=True)
+        assert grad.requires_grad
+        return grad, th.autograd.grad(grad.square().sum(), (logits, means, stds))
+
+    (fused_grad, fused_second), (reference_grad, reference_second) = second_derivatives(True), second_derivatives(False)
+    th.testing.assert_close(fused_grad, reference_grad, rtol=0.0, atol=1e-12)
+    for got, expected in zip(fused_second, reference_second):
+        assert expected.abs().max() > 1e-3  # a real second derivative, not zeros
+        th.testing.assert_close(got, expected, rtol=0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("points_kind", ["shared", "per_component", "per_batch"])
+@pytest.mark.parametrize(
+    "control_variate,integrand",
+    [(True, "responsibility_entropy"), (True, "log_responsibility"), (False, "log_responsibility")],
+)
+def test_fused_path_passes_gradgradcheck(points_kind, control_variate, integrand):
+    """Second derivatives of the fused path against finite differences of its first derivatives (float64)."""
+    th.manual_seed(1)
+    batch, n_components, dim, n_points = 2, 3, 2, 6
+    points = {
+        "shared": th.randn(n_points, dim, dtype=th.float64),
+        "per_component": th.randn(n_components, n_points, dim, dtype=th.float64),
+        "per_batch": th.randn(batch, n_components, n_points, dim, dtype=th.float64),
+    }[points_kind]
+    weights = th.full((n_points,), 1.0 / n_points, dtype=th.float64)
+    inputs = (
+        th.randn(batch, n_components, dtype=th.float64, requires_grad=True),
+        th.randn(batch, n_components, dim, dtype=th.float64, requires_grad=True),
+        (th.rand(batch, n_components, dim, dtype=th.float64) + 0.5).requires_grad_(True),
+    )
+
+    def estimate(logits, means, stds):
+        params = mixture_params(logits, means, stds)
+        return quadrature_entropy(params, points, weights, control_variate=control_variate, integrand=integrand)
+
+    assert th.autograd.gradgradcheck(estimate, inputs)
+
+
+def test_first_order_backward_stays_hand_written(monkeypatch):
+    """Only a backward that records a graph pays for the reference: an optimiser step keeps the fast path."""
+    calls = []
+    original = quadrature._differentiable_backward
+    monkeypatch.setattr(quadrature, "_differentiable_backward", lambda *args: calls.append(1) or original(*args))
+    logits, means = th.randn(4, 3, requires_grad=True), th.randn(4, 3, 2, requires_grad=True)
+    gmm_entropy(logits, means, th.ones(4, 3, 2)).sum().backward()
+    assert not calls
+    th.autograd.grad(gmm_entropy(logits, means, th.ones(4, 3, 2)).sum(), means, create_graph=True)
+    assert calls == [1]
+
+
+def test_fused_gradient_reaches_shared_log_stds():
+    """The fused forward uses the caller's log stds (a policy's head output) instead of taking stds.log() again;
+    with log stds and stds as separate leaves, each gets the reference's share of the gradient."""
+    th.manual_seed(2)
+    log_weights = th.log_softmax(th.randn(5, 3, dtype=th.float64), -1).requires_grad_(True)
+    means = th.randn(5, 3, 2, dtype=th.float64, requires_grad=True)
+    log_stds = (0.5 * th.randn(5, 3, 2, dtype=th.float64)).requires_grad_(True)
+    stds = log_stds.detach().exp().requires_grad_(True)
+    params = MixtureParams(log_weights, means, stds, log_stds)
+    points, weights, features = _qmc_rule(3, 2, 16, 0, th.float64, th.device("cpu"))
+    fused = quadrature_entropy(params, points, weights, features=features)
+    reference = quadrature_entropy(params, points, weights, features=features, fused=False)
+    th.testing.assert_close(fused, reference, rtol=0.0, atol=1e-12)
+    fused_grads = th.autograd.grad(fused.sum(), params)
+    reference_grads = th.autograd.grad(reference.sum(), params)
+    assert reference_grads[3].abs().max() > 0.1
+    for got, expected in zip(fused_grads, reference_grads):
+        th.testing.assert_close(got, expected, rtol=0.0, atol=1e-10)
 
 
 def test_zero_incoming_gradient_gives_zero_gradients():

@@ -9,23 +9,61 @@ torch.Size([8])
 ``ESTIMATORS`` maps every method name to its function and properties (bound, cost, options).
 """
 
-from typing import Any, Optional
+import contextlib
+import threading
+from typing import Any, ContextManager, Iterator, Optional
 
 import torch as th
 
 from sb3_gmm.entropy import bounds, huber_taylor, quadrature, series  # noqa: F401  (registers the estimators)
-from sb3_gmm.entropy._common import MixtureParams, check_mixture_args, mixture_log_prob, mixture_params
+from sb3_gmm.entropy._common import (
+    DEFAULT_METHOD,
+    MixtureParams,
+    check_mixture_args,
+    compute_dtype,
+    mixture_log_prob,
+    mixture_params,
+    smallest_std,
+)
 from sb3_gmm.entropy.registry import ESTIMATORS, EstimatorInfo, Option
 
-DEFAULT_METHOD = "qmc"  # 64 points per component; see docs/entropy_accuracy.md for why
-
+# The process-wide default of the argument checks; a thread may override it with `validation(...)`.
 _validate_args = True
+_thread_state = threading.local()
 
 
 def set_validate_args(value: bool) -> None:
-    """Switch argument checks of :func:`gmm_entropy` on or off globally (off saves a device sync per call)."""
+    """Switch argument checks of :func:`gmm_entropy` on or off for the whole process (off saves a device sync per
+    call). Threads inside :func:`validation` keep their own setting; to change it in one thread only, use that."""
     global _validate_args
     _validate_args = bool(value)
+
+
+def get_validate_args() -> bool:
+    """Whether :func:`gmm_entropy` checks its arguments when not told per call: this thread's :func:`validation`
+    setting if one is active, else the process-wide default of :func:`set_validate_args`."""
+    override = getattr(_thread_state, "validate_args", None)
+    return _validate_args if override is None else override
+
+
+@contextlib.contextmanager
+def validation(enabled: bool) -> Iterator[None]:
+    """Switch argument checks on or off in this thread only, for the duration of a ``with`` block.
+
+    >>> with validation(False):  # e.g. a hot loop whose inputs are known to be valid
+    ...     pass
+
+    Other threads keep their own setting (the process-wide default unless they are inside a ``validation`` block).
+    Blocks nest; leaving one restores the setting it found.
+
+    :param enabled: check the arguments inside the block
+    """
+    previous = getattr(_thread_state, "validate_args", None)
+    _thread_state.validate_args = bool(enabled)
+    try:
+        yield
+    finally:
+        _thread_state.validate_args = previous
 
 
 def get_estimator(method: Optional[str]) -> EstimatorInfo:
@@ -34,6 +72,24 @@ def get_estimator(method: Optional[str]) -> EstimatorInfo:
     if name not in ESTIMATORS:
         raise ValueError(f"unknown entropy method {name!r}; choose one of: {', '.join(sorted(ESTIMATORS))}")
     return ESTIMATORS[name]
+
+
+def _autocast_off(device: th.device) -> ContextManager[Any]:
+    # Under autocast the matrix products would run in bfloat16 / float16, too coarse for exponents of ~1e5 (see
+    # compute_dtype): the estimators pick their own precision.
+    if device.type in ("cpu", "cuda") and th.is_autocast_enabled(device.type):
+        return th.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _evaluate(estimator: EstimatorInfo, params: MixtureParams, options: dict) -> th.Tensor:
+    """Run an estimator in the compute dtype (float32 for half inputs) and return the inputs' dtype."""
+    input_dtype = params.means.dtype
+    dtype = compute_dtype(input_dtype)
+    with _autocast_off(params.means.device):
+        if dtype != input_dtype:
+            params = MixtureParams(*(tensor.to(dtype) for tensor in params))
+        return estimator.fn(params, **options).to(input_dtype)
 
 
 def gmm_entropy(
@@ -46,19 +102,31 @@ def gmm_entropy(
 ) -> th.Tensor:
     """Entropy in nats of a batch of diagonal Gaussian mixtures.
 
+    float16 and bfloat16 inputs are evaluated in float32 (also under ``torch.autocast``) and the result is returned
+    in the inputs' dtype. Second derivatives (``torch.autograd.functional.hessian``, ``create_graph=True``) are
+    supported by every method.
+
     :param logits: unnormalised log mixture weights ``[..., K]``
     :param means: component means ``[..., K, D]``
-    :param stds: component standard deviations ``[..., K, D]`` (strictly positive)
+    :param stds: component standard deviations ``[..., K, D]``, strictly positive and at least
+        :func:`~sb3_gmm.entropy._common.smallest_std` (the smallest normal float32 for float32 / half inputs, 1.2e-38)
     :param method: a name from :data:`ESTIMATORS`; None selects the library default
-    :param validate_args: check shapes and values (None follows :func:`set_validate_args`)
+    :param validate_args: check shapes and values (None follows :func:`validation` / :func:`set_validate_args`)
     :param options: the method's options, e.g. ``order=4`` for ``taylor``
     :return: ``[...]``, same dtype and device as the inputs, differentiable w.r.t. all three
     """
     estimator = get_estimator(method)
     resolved = estimator.resolve_options(options)
-    if _validate_args if validate_args is None else validate_args:
+    if get_validate_args() if validate_args is None else validate_args:
         check_mixture_args(logits, means, stds)
-    return estimator.fn(mixture_params(logits, means, stds), **resolved)
+    dtype = compute_dtype(means.dtype)
+    if dtype != means.dtype:
+        # Normalise the weights and take the log stds in float32 too, not only the estimator's arithmetic.
+        with _autocast_off(means.device):
+            params = mixture_params(logits.to(dtype), means.to(dtype), stds.to(dtype))
+    else:
+        params = mixture_params(logits, means, stds)
+    return _evaluate(estimator, params, resolved).to(means.dtype)
 
 
 def mixture_entropy(
@@ -71,19 +139,19 @@ def mixture_entropy(
 
     :param params: ``MixtureParams(log_weights, means, stds, log_stds)`` with ``log_weights`` normalised
     :param method: a name from :data:`ESTIMATORS`; None selects the library default
-    :param validate_args: check shapes and values (None follows :func:`set_validate_args`)
+    :param validate_args: check shapes and values (None follows :func:`validation` / :func:`set_validate_args`)
     :param options: the method's options
     """
     estimator = get_estimator(method)
     resolved = estimator.resolve_options(options)
-    if _validate_args if validate_args is None else validate_args:
+    if get_validate_args() if validate_args is None else validate_args:
         check_mixture_args(params.log_weights, params.means, params.stds)
         if params.log_stds.shape != params.stds.shape:
             raise ValueError(
                 f"params.log_stds must have the shape of params.stds {tuple(params.stds.shape)}, "
                 f"got {tuple(params.log_stds.shape)}"
             )
-    return estimator.fn(params, **resolved)
+    return _evaluate(estimator, params, resolved)
 
 
 __all__ = [
@@ -93,8 +161,11 @@ __all__ = [
     "MixtureParams",
     "Option",
     "get_estimator",
+    "get_validate_args",
     "gmm_entropy",
     "mixture_entropy",
     "mixture_log_prob",
     "set_validate_args",
+    "smallest_std",
+    "validation",
 ]

@@ -12,6 +12,36 @@ import torch as th
 from sb3_gmm.mixture import LOG_2PI, diag_gaussian_kl, mixture_log_prob  # noqa: F401  (re-exported)
 
 LOG_2PI_E = math.log(2.0 * math.pi * math.e)
+# The estimator used when none is named. Kept here, below every estimator module, so that their error messages can
+# name it (series.CHEAPER_METHODS) without importing the package; sb3_gmm.entropy re-exports it.
+DEFAULT_METHOD = "qmc"  # 64 points per component; see docs/entropy_accuracy.md for why
+# Half-precision inputs are evaluated in float32: at a policy's std floor (0.0067) the squared distances in std units
+# reach ~4e5, beyond float16's largest number (65504), and bfloat16's 8 mantissa bits make exponents of that size
+# meaningless.
+HALF_DTYPES = (th.float16, th.bfloat16)
+
+
+def compute_dtype(dtype: th.dtype) -> th.dtype:
+    """The dtype the estimators compute in for inputs of ``dtype``: float32 for float16 / bfloat16, else ``dtype``."""
+    return th.float32 if dtype in HALF_DTYPES else dtype
+
+
+def smallest_std(dtype: th.dtype) -> float:
+    """The smallest std the estimators support for inputs of ``dtype``: the smallest normal number they compute in.
+
+    Below it (subnormal numbers) ``1 / std`` overflows to inf and ``0 * inf`` turns a result into NaN.
+    """
+    return th.finfo(compute_dtype(dtype)).tiny
+
+
+def max_scaled_distance(dtype: th.dtype, power: int = 2) -> float:
+    """A cap on distances in std units, ``|mu_i - mu_j| / s``, whose ``power``-th powers stay finite in ``dtype``.
+
+    Beyond the cap (1.4e9 stds in float32 for squares, 6.6e4 for fourth powers) a Gaussian kernel ``exp(-z^2 / 2)``
+    is exactly 0 in every float format, so capping changes no value. It keeps ``z^power`` finite where tiny stds would
+    overflow it to inf, which the zero weight of the pair would then turn into ``0 * inf = NaN``.
+    """
+    return th.finfo(dtype).max ** (1.0 / (2.0 * power))
 
 
 class MixtureParams(NamedTuple):
@@ -73,10 +103,14 @@ def check_mixture_args(logits: th.Tensor, means: th.Tensor, stds: th.Tensor) -> 
         raise ValueError(
             f"logits, means and stds must be on one device, got {logits.device}, {means.device}, {stds.device}"
         )
+    smallest = smallest_std(stds.dtype)
     with th.no_grad():
-        # One fused test on the happy path (NaN, inf and stds <= 0 all make this sum non-finite); the per-argument
-        # checks below run only to name the culprit, and pass if the sum merely overflowed.
-        if bool(th.isfinite(logits.sum() + means.sum() + stds.log().sum())):
+        # One fused test on the happy path (NaN, inf and stds <= 0 all make this sum non-finite), read with a single
+        # device sync; the per-argument checks below run only to name the culprit, and pass if the sum merely
+        # overflowed. Half precision sums in float32 so that a large batch does not overflow float16.
+        accumulate = compute_dtype(stds.dtype)
+        total = logits.sum(dtype=accumulate) + means.sum(dtype=accumulate) + stds.log().sum(dtype=accumulate)
+        if bool(th.isfinite(total) & ~(stds < smallest).any()):
             return
         if not th.isfinite(logits).all():
             raise ValueError(
@@ -90,6 +124,13 @@ def check_mixture_args(logits: th.Tensor, means: th.Tensor, stds: th.Tensor) -> 
             raise ValueError(
                 f"stds must be strictly positive, got a minimum of {stds.min().item():.3g}; "
                 "parameterise them as log_std.exp() or softplus(x) + min_std"
+            )
+        if (stds < smallest).any():
+            dtype_name = str(compute_dtype(stds.dtype)).replace("torch.", "")
+            raise ValueError(
+                f"stds must be at least {smallest:.3g} (the smallest normal {dtype_name} number; "
+                f"below it 1 / std overflows), got a minimum of {stds.min().item():.3g}; raise the std floor, e.g. "
+                "log_std.clamp(min=-20).exp()"
             )
 
 
@@ -123,12 +164,25 @@ def pairwise_differences(means: th.Tensor) -> th.Tensor:
     return means.unsqueeze(-2) - means.unsqueeze(-3)
 
 
+def _scaled_pairwise_differences(params: MixtureParams, log_variances: th.Tensor) -> th.Tensor:
+    """``(mu_i - mu_j) / sqrt(V_ij)`` from ``log V_ij`` ``[..., K, K, D]``, capped by :func:`max_scaled_distance`.
+
+    Scaling the difference before squaring (rather than dividing its square by ``V``) keeps a coincident pair at 0
+    instead of ``0 * inf`` when the stds are so small that ``V`` underflows.
+    """
+    limit = max_scaled_distance(params.means.dtype)
+    return (pairwise_differences(params.means) * th.exp(-0.5 * log_variances)).clamp(-limit, limit)
+
+
 def log_pairwise_overlaps(params: MixtureParams) -> th.Tensor:
-    """``log N(mu_i; mu_j, S_i + S_j)`` for every pair, shape ``[..., K, K]`` (the Gaussian product integral)."""
-    variances = params.stds.square()
-    summed_variances = variances.unsqueeze(-2) + variances.unsqueeze(-3)
-    squared = pairwise_differences(params.means).square() / summed_variances
-    return -0.5 * (params.dim * LOG_2PI + summed_variances.log().sum(-1) + squared.sum(-1))
+    """``log N(mu_i; mu_j, S_i + S_j)`` for every pair, shape ``[..., K, K]`` (the Gaussian product integral).
+
+    Written in log stds: squared stds underflow in float32 below ~1e-19 (``log(s_i^2 + s_j^2)`` does not).
+    """
+    log_variances = 2.0 * params.log_stds
+    log_summed_variances = th.logaddexp(log_variances.unsqueeze(-2), log_variances.unsqueeze(-3))
+    scaled = _scaled_pairwise_differences(params, log_summed_variances)
+    return -0.5 * (params.dim * LOG_2PI + log_summed_variances.sum(-1) + scaled.square().sum(-1))
 
 
 def pairwise_kl(params: MixtureParams) -> th.Tensor:
@@ -144,15 +198,18 @@ def pairwise_chernoff(params: MixtureParams, alpha: float) -> th.Tensor:
 
     ``S_a = (1 - a) S_i + a S_j``; the determinant exponents follow the same convention (``|S_i|^(1-a) |S_j|^a``).
     Checked against quadrature of that integral in the tests; the mirrored reading swaps ``a`` and ``1 - a``.
+    Written in log stds like :func:`log_pairwise_overlaps`.
     """
-    variances = params.stds.square()
-    var_i, var_j = variances.unsqueeze(-2), variances.unsqueeze(-3)
-    mixed = (1.0 - alpha) * var_i + alpha * var_j
-    squared = pairwise_differences(params.means).square() / mixed
-    log_det_term = mixed.log() - 2.0 * (
+    log_variances = 2.0 * params.log_stds
+    # log S_a = logaddexp(log(1 - a) + log S_i, log a + log S_j); a weight of 0 drops its term (log 0 = -inf).
+    log_share_i = math.log(1.0 - alpha) if alpha < 1.0 else -math.inf
+    log_share_j = math.log(alpha) if alpha > 0.0 else -math.inf
+    log_mixed = th.logaddexp(log_variances.unsqueeze(-2) + log_share_i, log_variances.unsqueeze(-3) + log_share_j)
+    scaled = _scaled_pairwise_differences(params, log_mixed)
+    log_det_term = log_mixed - 2.0 * (
         (1.0 - alpha) * params.log_stds.unsqueeze(-2) + alpha * params.log_stds.unsqueeze(-3)
     )
-    return (0.5 * alpha * (1.0 - alpha) * squared + 0.5 * log_det_term).sum(-1)
+    return (0.5 * alpha * (1.0 - alpha) * scaled.square() + 0.5 * log_det_term).sum(-1)
 
 
 def pairwise_estimate(params: MixtureParams, log_kernel: th.Tensor) -> th.Tensor:

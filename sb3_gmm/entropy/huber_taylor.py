@@ -12,16 +12,18 @@ components it is accurate, for overlapping ones the series can diverge (the poin
 
 import torch as th
 
-from sb3_gmm.entropy._common import MixtureParams, pairwise_differences, weighted_sum
+from sb3_gmm.entropy._common import MixtureParams, max_scaled_distance, pairwise_differences, weighted_sum
 from sb3_gmm.entropy.registry import Option, one_of, register
 from sb3_gmm.mixture import component_log_joint
 
 
 def _expected_taylor_log_density(params: MixtureParams, order: int) -> th.Tensor:
-    """``E_{t ~ N(0, S_i)}[T_order(t)]`` for every component ``i``, shape ``[..., K]``."""
-    precisions = th.exp(-2.0 * params.log_stds)  # [..., K, D]
-    diff = pairwise_differences(params.means)  # mu_i - mu_j, [..., K(i), K(j), D]
-    precision_j = precisions.unsqueeze(-3)
+    """``E_{t ~ N(0, S_i)}[T_order(t)]`` for every component ``i``, shape ``[..., K]``.
+
+    Worked in units of component ``i``'s stds (``t = s_i u``, ``u ~ N(0, I)``): the gradient of ``log N_j`` at
+    ``mu_i`` becomes ``g_j = -z_ij r_ij`` and its Hessian ``-r_ij^2``, with ``z = (mu_i - mu_j) / s_j`` and
+    ``r = s_i / s_j``, so no precision ``1 / s^2`` (inf in float32 below ~1e-19) is ever formed.
+    """
     # log w_j N_j(mu_i), [..., K(i), K(j)]: the component means are the points, the components a new axis.
     log_joint = component_log_joint(
         params.means,
@@ -33,24 +35,27 @@ def _expected_taylor_log_density(params: MixtureParams, order: int) -> th.Tensor
     log_density = th.logsumexp(log_joint, dim=-1)
     if order == 0:
         return log_density
+    inv_std_j = th.exp(-params.log_stds).unsqueeze(-3)
+    # The order-4 terms hold fourth powers of z: capped so that they stay finite (such pairs weigh exactly 0).
+    limit = max_scaled_distance(params.means.dtype, power=4)
+    scaled_diff = (pairwise_differences(params.means) * inv_std_j).clamp(-limit, limit)  # z_ij
+    std_ratio = params.stds.unsqueeze(-2) * inv_std_j  # r_ij
     responsibilities = th.softmax(log_joint, dim=-1).unsqueeze(-1)  # [..., K(i), K(j), 1]
-    variance_i = params.stds.square().unsqueeze(-2)  # S_i as [..., K(i), 1, D]
-    gradient = -precision_j * diff  # d/dx log N_j at mu_i
-    hessian = (-precision_j).expand_as(gradient)
+    gradient = -scaled_diff * std_ratio  # s_i d/dx log N_j at mu_i
+    hessian = -std_ratio.square()  # s_i^2 d^2/dx^2 log N_j
     gradient_c = gradient - (responsibilities * gradient).sum(-2, keepdim=True)
     hessian_c = hessian - (responsibilities * hessian).sum(-2, keepdim=True)
     r = responsibilities.squeeze(-1)
-    spread_a = (gradient_c.square() * variance_i).sum(-1)  # E_t[A'_j^2], [..., K(i), K(j)]
-    second = 0.5 * ((r * (hessian * variance_i).sum(-1)).sum(-1) + (r * spread_a).sum(-1))
+    spread_a = gradient_c.square().sum(-1)  # E_u[A'_j^2], [..., K(i), K(j)]
+    second = 0.5 * ((r * hessian.sum(-1)).sum(-1) + (r * spread_a).sum(-1))
     if order == 2:
         return log_density + second
-    variance_i_sq = variance_i.square()
-    trace_b = (hessian_c * variance_i).sum(-1)  # sum_d h'_jd s_d^2
-    var_b = 0.25 * (trace_b.square() + 2.0 * (hessian_c.square() * variance_i_sq).sum(-1))
-    mixed = 0.5 * (spread_a * trace_b + 2.0 * (gradient_c.square() * hessian_c * variance_i_sq).sum(-1))
+    trace_b = hessian_c.sum(-1)  # sum_d h'_jd
+    var_b = 0.25 * (trace_b.square() + 2.0 * hessian_c.square().sum(-1))
+    mixed = 0.5 * (spread_a * trace_b + 2.0 * (gradient_c.square() * hessian_c).sum(-1))
     fourth_moment = 3.0 * spread_a.square()
-    # E_t[(E_r A'^2)^2] = (tr M S)^2 + 2 tr(M S M S), M = sum_j r_j g'_j g'_j^T.
-    gram = th.einsum("...jd,...kd->...jk", gradient_c * variance_i, gradient_c)
+    # E_u[(E_r A'^2)^2] = (tr M)^2 + 2 tr(M M), M = sum_j r_j g'_j g'_j^T.
+    gram = th.einsum("...jd,...kd->...jk", gradient_c, gradient_c)
     trace_ms = (r * spread_a).sum(-1)
     trace_msms = th.einsum("...j,...k,...jk->...", r, r, gram.square())
     cumulant_4 = (r * fourth_moment).sum(-1) - 3.0 * (trace_ms.square() + 2.0 * trace_msms)

@@ -15,8 +15,8 @@ integrands give the same exact value and different quadrature errors:
 - ``"responsibility_entropy"`` (the default): ``H(w) + sum_i w_i H_i - E_p[h(x)]`` with
   ``h(x) = -sum_j r_j(x) log r_j(x)`` in ``[0, log K]``: the identity ``H(X) = H(Z) + H(X | Z) - H(Z | X)`` for the
   component label ``Z``. The integrand is bounded, so with positive point weights the estimate always lies between
-  Huber's upper bound ``H(w) + sum_i w_i H_i`` and that bound minus ``log K``; measured, it halves the mean error of
-  the same points (docs/qmc_design.md).
+  Huber's upper bound ``H(w) + sum_i w_i H_i`` and that bound minus ``log K``, and it is the more accurate of the
+  two on the same points (docs/estimators.md, measured in docs/qmc_design.md).
 
 Both vanish for far-apart components and are constant for coincident ones, so every point set is exact in both limits
 and for K = 1. Because ``Delta`` is a quadratic form in ``eps``, evaluating it at ``n`` shared points is one matrix
@@ -25,32 +25,71 @@ product ``[..., K, K, 2D] @ [2D, n]``: the cost of a few log_probs, not ``n`` of
 
 import math
 from functools import lru_cache
-from typing import Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, Tuple
 
 import torch as th
 
-from sb3_gmm.entropy._common import LOG_2PI_E, MixtureParams, gaussian_entropies, pairwise_differences, weighted_sum
+from sb3_gmm.entropy._common import (
+    MixtureParams,
+    gaussian_entropies,
+    max_scaled_distance,
+    pairwise_differences,
+    weighted_sum,
+)
 from sb3_gmm.entropy.registry import Option, one_of, optional_seed, positive_int, register
 
 # Gauss-Hermite nodes of lower weight are skipped: even an integrand of 1e3 nats there moves the estimate by < 1e-9.
 NEGLIGIBLE_NODE_WEIGHT = 1e-12
 INTEGRANDS = ("responsibility_entropy", "log_responsibility")
+FUSED_OPTION = Option(
+    True,
+    one_of(True, False),
+    "True: hand-written first derivative (fast); False: autograd through every op (slower; the reference the "
+    "hand-written one is tested against). Second derivatives are autograd's either way",
+)
 INTEGRAND_HELP = (
     "what the points average: the entropy of the responsibilities (bounded, the default) or the log responsibility "
     "of the own component (the earlier form, kept to reproduce it)"
 )
 
 
-def _quadratic_form_coefficients(params: MixtureParams) -> Tuple[th.Tensor, th.Tensor]:
-    """Coefficients of ``Delta_ij(eps)``: the constant ``[..., K, K]`` and ``[b, a]`` stacked as ``[..., K, K, 2D]``."""
-    log_std_ratio = params.log_stds.unsqueeze(-2) - params.log_stds.unsqueeze(-3)  # log s_i / s_j
-    std_j = params.stds.unsqueeze(-3)
-    scaled_diff = pairwise_differences(params.means) / std_j  # (mu_i - mu_j) / s_j
-    std_ratio = log_std_ratio.exp()
-    constant = (log_std_ratio - 0.5 * scaled_diff.square()).sum(-1)
-    linear = -scaled_diff * std_ratio
-    quadratic = 0.5 * (1.0 - std_ratio.square())
-    return constant, th.cat([linear, quadratic], dim=-1)
+class _ExponentForm(NamedTuple):
+    """``log w_j + Delta_ij(eps)`` as coefficients of :func:`point_features`, and the pieces of its gradient.
+
+    :param coefficients: ``[b, a, c + log w_j]`` per pair, ``[..., K(i), K(j), 2D + 1]``
+    :param scaled_diff: ``z_ij = (mu_i - mu_j) / s_j``, ``[..., K(i), K(j), D]``
+    :param std_ratio: ``s_i / s_j``, ``[..., K(i), K(j), D]``
+    :param inv_stds: ``1 / s``, ``[..., K, D]``
+    """
+
+    coefficients: th.Tensor
+    scaled_diff: th.Tensor
+    std_ratio: th.Tensor
+    inv_stds: th.Tensor
+
+
+def _exponent_form(params: MixtureParams) -> _ExponentForm:
+    """``Delta_ij = sum_d log(s_i / s_j) - z^2 / 2 - z r eps + (1 - r^2) eps^2 / 2`` with ``z = (mu_i - mu_j) / s_j``
+    and ``r = s_i / s_j``, written as coefficients of ``[eps, eps^2, 1]`` (one matrix product evaluates it).
+
+    The log stds are the caller's (``params.log_stds``), so a policy that has them from its head shares them.
+    """
+    inv_stds = params.stds.reciprocal()
+    inv_std_j = inv_stds.unsqueeze(-3)
+    # Components further apart than this in std units are as good as infinitely far: their responsibilities underflow
+    # to exactly 0 either way. Capping keeps z^2 finite for tiny stds, where inf would become 0 * inf = NaN.
+    limit = max_scaled_distance(params.stds.dtype)
+    scaled_diff = (pairwise_differences(params.means) * inv_std_j).clamp(-limit, limit)
+    std_ratio = params.stds.unsqueeze(-2) * inv_std_j
+    sum_log_stds = params.log_stds.sum(-1)
+    constant = (
+        sum_log_stds.unsqueeze(-1)
+        - sum_log_stds.unsqueeze(-2)
+        - 0.5 * scaled_diff.square().sum(-1)
+        + params.log_weights.unsqueeze(-2)
+    )
+    coefficients = th.cat([-scaled_diff * std_ratio, 0.5 - 0.5 * std_ratio.square(), constant.unsqueeze(-1)], dim=-1)
+    return _ExponentForm(coefficients, scaled_diff, std_ratio, inv_stds)
 
 
 def quadrature_entropy(
@@ -70,7 +109,9 @@ def quadrature_entropy(
     :param point_weights: ``[n]`` quadrature weights summing to one
     :param control_variate: keep the exact Gaussian part (True) or average the plain ``-log p`` (False: plain MC,
         which needs ``integrand="log_responsibility"``)
-    :param fused: use the hand-written backward (fast, first derivatives only) instead of autograd through every op
+    :param fused: use the hand-written first derivative (fast) instead of autograd through every op. A gradient
+        taken with ``create_graph=True`` is autograd's through the reference either way, so second derivatives
+        (``hessian``, Hessian-vector products) are exact with both
     :param features: :func:`point_features` of ``points`` when the caller has it cached
     :param integrand: ``"responsibility_entropy"`` or ``"log_responsibility"`` (see the module docstring)
     :return: entropy ``[...]``
@@ -87,9 +128,7 @@ def quadrature_entropy(
         features = point_features(points)
     responsibility_entropy = integrand == "responsibility_entropy"
     if fused:
-        estimate = _FusedQuadratureEntropy.apply(
-            params.log_weights, params.means, params.stds, features, point_weights, responsibility_entropy
-        )
+        estimate = _FusedQuadratureEntropy.apply(*params, features, point_weights, responsibility_entropy)
     else:
         estimate = _autograd_quadrature_entropy(params, features, point_weights, responsibility_entropy)
     if not control_variate:
@@ -114,11 +153,7 @@ def _autograd_quadrature_entropy(
     params: MixtureParams, features: th.Tensor, point_weights: th.Tensor, responsibility_entropy: bool = True
 ) -> th.Tensor:
     """Reference implementation differentiated by autograd (supports higher derivatives; slower)."""
-    constant, coefficients = _quadratic_form_coefficients(params)
-    dim = params.dim
-    quadratic_features = features[..., : 2 * dim]
-    delta = th.matmul(coefficients, quadratic_features.transpose(-1, -2)) + constant.unsqueeze(-1)  # [.., K, K, n]
-    exponents = params.log_weights.unsqueeze(-1).unsqueeze(-3) + delta  # log w_j + Delta_ij(eps_n)
+    exponents = _contract_points(_exponent_form(params).coefficients, features)  # log w_j + Delta_ij(eps_n)
     if responsibility_entropy:
         log_responsibilities = th.log_softmax(exponents, dim=-2)  # log r_j(x_in)
         entropies = -(log_responsibilities.exp() * log_responsibilities).sum(-2)  # [..., K, n]
@@ -163,42 +198,30 @@ class _FusedQuadratureEntropy(th.autograd.Function):
     Autograd would record ~40 small ops; at RL batch sizes their bookkeeping, not the arithmetic, is the cost. The
     forward makes five passes over ``[..., K, K, n]`` (product, max, shift, exp, sum; two more for the
     responsibility entropy), the backward two (one more for the responsibility entropy), and allocates one such
-    tensor per direction (two in the forward for the responsibility entropy). First derivatives only
-    (``once_differentiable``): use ``fused=False`` for higher ones.
+    tensor per direction (two in the forward for the responsibility entropy).
+
+    The hand-written gradient is built from saved constants, so it is not itself differentiable. It serves every
+    backward pass that records no graph (``create_graph=False``: each optimiser step). A backward that does record
+    one (``hessian``, Hessian-vector products, gradient penalties, ``autograd.functional.jvp``) differentiates the
+    reference implementation instead, so higher derivatives are autograd's, not zeros.
     """
 
     @staticmethod
-    def forward(ctx, log_weights, means, stds, features, point_weights, responsibility_entropy):  # type: ignore[override]
-        dim = means.shape[-1]
-        log_stds = stds.log()
-        inv_stds = stds.reciprocal()
-        inv_std_j = inv_stds.unsqueeze(-3)
-        scaled_diff = (means.unsqueeze(-2) - means.unsqueeze(-3)) * inv_std_j  # (mu_i - mu_j) / s_j
-        std_ratio = stds.unsqueeze(-2) * inv_std_j  # s_i / s_j
-        sum_log_stds = log_stds.sum(-1)
-        # log w_j + Delta_ij's constant term: log s_i - log s_j - |z_ij|^2 / 2 (+ log w_j).
-        constant = (
-            sum_log_stds.unsqueeze(-1)
-            - sum_log_stds.unsqueeze(-2)
-            - 0.5 * scaled_diff.square().sum(-1)
-            + log_weights.unsqueeze(-2)
-        )
-        coefficients = th.cat(
-            [-scaled_diff * std_ratio, 0.5 - 0.5 * std_ratio.square(), constant.unsqueeze(-1)], dim=-1
-        )
-        exponents = _contract_points(coefficients, features)  # log w_j + Delta_ij(eps_n), [..., K(i), K(j), n]
+    def forward(ctx, log_weights, means, stds, log_stds, features, point_weights, responsibility_entropy):  # type: ignore[override]
+        form = _exponent_form(MixtureParams(log_weights, means, stds, log_stds))
+        exponents = _contract_points(form.coefficients, features)  # log w_j + Delta_ij(eps_n), [..., K(i), K(j), n]
         # Softmax over j by hand; the backward reuses the shifted exponentials (and, for the responsibility entropy,
         # their products with the exponents).
         shift = exponents.amax(-2, keepdim=True)
         shifted = exponents.sub_(shift)
         weights = log_weights.exp()
-        gaussian_part = 0.5 * dim * LOG_2PI_E + sum_log_stds
+        gaussian_part = gaussian_entropies(log_stds)
         if responsibility_entropy:
             exponentials = shifted.exp()
             normaliser = exponentials.sum(-2, keepdim=True)
             # h = log Z - sum_j r_j e_j, shift invariant; mean_exponent = sum_j r_j e_j, [..., K(i), 1, n]. The
             # products x_j e_j overwrite the exponents (the backward needs only them and x): every fresh
-            # [..., K, K, n] allocation costs about as much as a pass over it (measured at K = 8).
+            # [..., K, K, n] allocation costs about as much as a pass over it.
             weighted_exponents = shifted.mul_(exponentials)
             mean_exponent = weighted_exponents.sum(-2, keepdim=True) / normaliser
             entropies = (normaliser.log() - mean_exponent).squeeze(-2)  # [..., K(i), n], within [0, log K]
@@ -210,22 +233,25 @@ class _FusedQuadratureEntropy(th.autograd.Function):
             per_component = gaussian_part - log_mixture_ratio @ point_weights
             weighted_exponents = mean_exponent = None
         ctx.responsibility_entropy = responsibility_entropy
+        # The inputs are saved too (no copy): a backward that records a graph re-derives the gradient from them.
         ctx.save_for_backward(
-            exponentials, normaliser, weighted_exponents, mean_exponent, weights, per_component, scaled_diff, std_ratio,
-            inv_stds, features, point_weights,
+            exponentials, normaliser, weighted_exponents, mean_exponent, weights, per_component, form.scaled_diff,
+            form.std_ratio, form.inv_stds, features, point_weights, log_weights, means, stds, log_stds,
         )  # fmt: skip
         return (weights * per_component).sum(-1)
 
     @staticmethod
-    @th.autograd.function.once_differentiable
     def backward(ctx, grad_output):  # type: ignore[override]
+        if th.is_grad_enabled():
+            # create_graph=True: the gradient must itself be differentiable (in the inputs and in grad_output).
+            return _differentiable_backward(ctx, grad_output)
         # PPO / A2C with ent_coef = 0 still back-propagate through the entropy, with an all-zero gradient. On the CPU
         # a check is cheap (no device sync) and skips all the work below; the inputs then get zero gradients.
         if grad_output.device.type == "cpu" and not bool(grad_output.any()):
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         (
             exponentials, normaliser, weighted_exponents, mean_exponent, weights, per_component, scaled_diff,
-            std_ratio, inv_stds, features, point_weights,
+            std_ratio, inv_stds, features, point_weights, *_,
         ) = ctx.saved_tensors  # fmt: skip
         dim = scaled_diff.shape[-1]
         grad = grad_output.unsqueeze(-1)
@@ -246,20 +272,35 @@ class _FusedQuadratureEntropy(th.autograd.Function):
         grad_log_weights = grad * weights * per_component + grad_constant.sum(-2)
         if ctx.responsibility_entropy:
             grad_log_weights = grad_log_weights - grad * weights  # the -w_i log w_i term
+        # log s_i enters H_i and Delta_ij's constant, log s_j Delta_ij's constant (through every coordinate alike).
+        grad_log_stds = (grad * weights + grad_constant.sum(-1) - grad_constant.sum(-2)).unsqueeze(-1)
         # Chain rule through scaled_diff z = (mu_i - mu_j) / s_j and std_ratio r = s_i / s_j.
         grad_scaled = -grad_constant.unsqueeze(-1) * scaled_diff - grad_linear * std_ratio
         grad_ratio = -grad_linear * scaled_diff - grad_quadratic * std_ratio
         inv_std_j = inv_stds.unsqueeze(-3)
         grad_diff = grad_scaled * inv_std_j
         grad_means = grad_diff.sum(-2) - grad_diff.sum(-3)
-        grad_stds = (
-            (grad * weights + grad_constant.sum(-1)).unsqueeze(-1)
-            * inv_stds  # log s_i terms (H_i and Delta's constant)
-            - grad_constant.sum(-2).unsqueeze(-1) * inv_stds  # -log s_j in Delta's constant
-            + (grad_ratio * inv_std_j).sum(-2)  # r depends on s_i
-            - ((grad_ratio * std_ratio + grad_scaled * scaled_diff).sum(-3)) * inv_stds  # r and z depend on s_j
-        )
-        return grad_log_weights, grad_means, grad_stds, None, None, None
+        grad_stds = (grad_ratio * inv_std_j).sum(-2) - (grad_ratio * std_ratio + grad_scaled * scaled_diff).sum(
+            -3
+        ) * inv_stds  # r depends on s_i; r and z depend on s_j
+        return grad_log_weights, grad_means, grad_stds, grad_log_stds.expand_as(grad_stds), None, None, None
+
+
+def _differentiable_backward(ctx: Any, grad_output: th.Tensor) -> Tuple[Optional[th.Tensor], ...]:
+    """The fused Function's gradient as autograd of the reference, with a graph (for second derivatives)."""
+    *_, features, point_weights, log_weights, means, stds, log_stds = ctx.saved_tensors
+    inputs = (log_weights, means, stds, log_stds)
+    wanted = [index for index in range(len(inputs)) if ctx.needs_input_grad[index]]
+    grads: List[Optional[th.Tensor]] = [None] * 7
+    if not wanted:
+        return tuple(grads)
+    value = _autograd_quadrature_entropy(MixtureParams(*inputs), features, point_weights, ctx.responsibility_entropy)
+    found = th.autograd.grad(
+        value, [inputs[index] for index in wanted], grad_output, create_graph=True, allow_unused=True
+    )
+    for index, grad in zip(wanted, found):
+        grads[index] = grad
+    return tuple(grads)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -389,11 +430,14 @@ def _check_kappa(value: object) -> Optional[str]:
     options={
         "n_samples": Option(64, positive_int(maximum=1_000_000), "samples per component and batch element"),
         "seed": Option(None, optional_seed, "None draws fresh noise every call; an int makes the estimate repeatable"),
+        "fused": FUSED_OPTION,
     },
     deterministic=False,
     exact_for_single_gaussian=False,
 )
-def monte_carlo(params: MixtureParams, n_samples: int = 64, seed: Optional[int] = None) -> th.Tensor:
+def monte_carlo(
+    params: MixtureParams, n_samples: int = 64, seed: Optional[int] = None, fused: bool = True
+) -> th.Tensor:
     """Unbiased, noisy: ``sum_i w_i mean_n[-log p(mu_i + s_i eps_in)]`` with fresh ``eps`` per batch element."""
     generator = None
     if seed is not None:
@@ -402,7 +446,9 @@ def monte_carlo(params: MixtureParams, n_samples: int = 64, seed: Optional[int] 
     shape = (*params.means.shape[:-1], n_samples, params.dim)
     eps = th.randn(shape, generator=generator, dtype=params.means.dtype, device=params.means.device)
     point_weights = th.full((n_samples,), 1.0 / n_samples, dtype=params.means.dtype, device=params.means.device)
-    return quadrature_entropy(params, eps, point_weights, control_variate=False, integrand="log_responsibility")
+    return quadrature_entropy(
+        params, eps, point_weights, control_variate=False, fused=fused, integrand="log_responsibility"
+    )
 
 
 @register(
@@ -414,13 +460,16 @@ def monte_carlo(params: MixtureParams, n_samples: int = 64, seed: Optional[int] 
         "n_points": Option(64, positive_int(maximum=4096, minimum=2), "points per component (a power of 2 is best)"),
         "seed": Option(0, positive_int(minimum=0), "scrambling seed of the fixed point sets"),
         "integrand": Option(INTEGRANDS[0], one_of(*INTEGRANDS), INTEGRAND_HELP),
+        "fused": FUSED_OPTION,
     },
 )
-def qmc(params: MixtureParams, n_points: int = 64, seed: int = 0, integrand: str = INTEGRANDS[0]) -> th.Tensor:
+def qmc(
+    params: MixtureParams, n_points: int = 64, seed: int = 0, integrand: str = INTEGRANDS[0], fused: bool = True
+) -> th.Tensor:
     points, point_weights, features = _qmc_rule(
         params.n_components, params.dim, n_points, seed, params.means.dtype, params.means.device
     )
-    return quadrature_entropy(params, points, point_weights, features=features, integrand=integrand)
+    return quadrature_entropy(params, points, point_weights, fused=fused, features=features, integrand=integrand)
 
 
 @register(
@@ -432,12 +481,21 @@ def qmc(params: MixtureParams, n_points: int = 64, seed: int = 0, integrand: str
         "degree": Option(3, one_of(3, 5), "3: 2D+1 points (unscented); 5: 2D^2+1 points"),
         "kappa": Option(None, _check_kappa, "unscented spread; None uses max(3 - D, 0)"),
         "integrand": Option(INTEGRANDS[0], one_of(*INTEGRANDS), INTEGRAND_HELP),
+        "fused": FUSED_OPTION,
     },
 )
 def sigma_points(
-    params: MixtureParams, degree: int = 3, kappa: Optional[float] = None, integrand: str = INTEGRANDS[0]
+    params: MixtureParams,
+    degree: int = 3,
+    kappa: Optional[float] = None,
+    integrand: str = INTEGRANDS[0],
+    fused: bool = True,
 ) -> th.Tensor:
     points, point_weights = sigma_point_rule(params.dim, degree, None if kappa is None else float(kappa))
     return quadrature_entropy(
-        params, _as_input(points, params.means), _as_input(point_weights, params.means), integrand=integrand
+        params,
+        _as_input(points, params.means),
+        _as_input(point_weights, params.means),
+        fused=fused,
+        integrand=integrand,
     )

@@ -13,18 +13,24 @@ binomial sums cancel catastrophically in float32.
 import itertools
 import math
 from functools import lru_cache
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch as th
 
-from sb3_gmm.entropy._common import LOG_2PI, MixtureParams, component_log_normalisers
+from sb3_gmm.entropy._common import DEFAULT_METHOD, LOG_2PI, MixtureParams, component_log_normalisers
 from sb3_gmm.entropy.registry import Option, positive_int, register
 
 MAX_ORDER = 20
 DEFAULT_MAX_TERMS = 50_000
-# Elements of one [batch, terms, D] float64 intermediate; above this we refuse rather than swap or crash.
+# Elements of any one float64 intermediate (512 MiB); above this we refuse rather than swap or crash.
 MAX_ELEMENTS = 2**26
-CHEAPER_METHODS = "'qmc' (the default), 'pairwise_bhattacharyya', 'pairwise_kl' or a lower order"
+CHEAPER_METHODS = (
+    ", ".join(
+        [f"{DEFAULT_METHOD!r} (the default)"]
+        + [repr(name) for name in ("pairwise_bhattacharyya", "pairwise_kl") if name != DEFAULT_METHOD]
+    )
+    + " or a lower order"
+)
 
 
 def count_terms(n_components: int, order: int) -> int:
@@ -59,19 +65,42 @@ def _pair_counts(n_components: int, max_power: int) -> Tuple[th.Tensor, th.Tenso
     return counts[:, first] * counts[:, second], first, second
 
 
+def series_intermediates(n_components: int, order: int, batch_elements: int, dim: int) -> Dict[str, int]:
+    """Element count of every intermediate of :func:`log_power_moments` that grows with the term count ``T``.
+
+    Keys describe the shapes: the cached count vectors ``[T, K]`` and their pair products ``[T, K(K-1)/2]``, and the
+    per-mixture ``[batch, T, D]`` statistics (total precision, spread) and ``[batch, K(K-1)/2, D]`` pair spreads.
+    """
+    terms = count_terms(n_components, order)
+    pairs = n_components * (n_components - 1) // 2
+    batch = max(batch_elements, 1)
+    return {
+        f"[{terms:,} terms x {n_components} components] count vectors": terms * n_components,
+        f"[{terms:,} terms x {pairs:,} component pairs] pair counts": terms * pairs,
+        f"[{batch:,} mixtures x {terms:,} terms x D={dim}] moment statistics": batch * terms * dim,
+        f"[{batch:,} mixtures x {pairs:,} component pairs x D={dim}] pair spreads": batch * pairs * dim,
+    }
+
+
 def check_series_size(n_components: int, order: int, batch_elements: int, dim: int, max_terms: int) -> None:
-    """Refuse a (K, order) whose term count would exhaust memory, naming cheaper methods."""
+    """Refuse a (K, order, batch) whose term count or any intermediate would exhaust memory, naming cheaper methods.
+
+    Runs before the count vectors are enumerated (in Python, as slow as they are large).
+    """
     terms = count_terms(n_components, order)
     if terms > max_terms:
         raise ValueError(
             f"order={order} with K={n_components} components needs {terms:,} moment terms (max_terms={max_terms:,}); "
             f"lower the order, raise max_terms if you have the memory, or use {CHEAPER_METHODS}"
         )
-    if terms * max(batch_elements, 1) * dim > MAX_ELEMENTS:
+    sizes = series_intermediates(n_components, order, batch_elements, dim)
+    name, largest = max(sizes.items(), key=lambda item: item[1])
+    if largest > MAX_ELEMENTS:
         raise ValueError(
             f"order={order} with K={n_components} needs {terms:,} terms for each of {batch_elements:,} mixtures in "
-            f"D={dim}: about {8 * terms * batch_elements * dim / 2**30:.1f} GiB per intermediate; evaluate a smaller "
-            f"batch, lower the order, or use {CHEAPER_METHODS}"
+            f"D={dim}: its {name} alone would take {8 * largest / 2**30:.1f} GiB "
+            f"(limit {8 * MAX_ELEMENTS / 2**30:.1f} GiB); evaluate a smaller batch, lower the order, or use "
+            f"{CHEAPER_METHODS}"
         )
 
 
