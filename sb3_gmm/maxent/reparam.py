@@ -18,9 +18,12 @@ Pure torch. Shapes follow :mod:`sb3_gmm.mixture`: ``log_weights [..., K]``, ``me
 """
 
 import math
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch as th
+from torch.autograd.function import once_differentiable
+
+from sb3_gmm.mixture import LOG_2PI
 
 # log_ndtr's backward loses accuracy, then returns inf or NaN, far out in the tails (float32 at z = -1e3 is 5 % off,
 # z = -1e30 gives NaN); a component that far from the sample has a CDF and density below exp(-2e4) relative to any
@@ -53,19 +56,89 @@ def _check_shapes(log_weights: th.Tensor, means: th.Tensor, stds: th.Tensor) -> 
     return n_components, action_dim
 
 
-def _log_ndtr_both_sides(standardized: th.Tensor) -> Tuple[th.Tensor, th.Tensor]:
-    """``(log Phi(z), log Phi(-z))`` for one ``log_ndtr`` call: the smaller tail directly, the other as its log1p.
+class _ImplicitMixtureGradient(th.autograd.Function):
+    """Identity on the samples whose backward is the implicit-reparameterization gradient (see the surrogate).
 
-    ``log1p(-exp(t))`` is accurate for ``t <= log 1/2``, which the smaller tail always is.
+    Written by hand rather than left to autograd: the forward is ~40 small tensor operations, and autograd's
+    bookkeeping for them (and its backward, twice as many) cost several times the arithmetic at SAC's batch sizes.
     """
-    clamped = standardized.clamp(-_CDF_ARGUMENT_LIMIT, _CDF_ARGUMENT_LIMIT)
-    log_smaller_tail = th.special.log_ndtr(-clamped.abs())
-    log_larger_tail = th.log1p(-log_smaller_tail.exp())
-    below_mean = clamped < 0
-    return (
-        th.where(below_mean, log_smaller_tail, log_larger_tail),
-        th.where(below_mean, log_larger_tail, log_smaller_tail),
-    )
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, samples: th.Tensor, log_weights: th.Tensor, means: th.Tensor, stds: th.Tensor, log_stds: th.Tensor
+    ) -> th.Tensor:
+        standardized = (samples.unsqueeze(-2) - means) / stds  # [..., K, D]
+        # Per-coordinate component log densities (up to the constant) and the responsibilities given each prefix x_<d.
+        log_component_densities = -0.5 * standardized.square() - log_stds
+        log_prefix = th.cat(
+            [th.zeros_like(log_component_densities[..., :1]), log_component_densities[..., :-1].cumsum(-1)], dim=-1
+        )
+        log_responsibilities = th.log_softmax(log_weights.unsqueeze(-1) + log_prefix, dim=-2)
+
+        # log Phi(z) and log Phi(-z) from one log_ndtr: the smaller tail directly, the larger as log1p(-smaller),
+        # which is accurate since the smaller tail is at most 1/2. Beyond the clamp the tail is frozen (see above).
+        clamped = standardized.clamp(-_CDF_ARGUMENT_LIMIT, _CDF_ARGUMENT_LIMIT)
+        log_smaller_tail = th.special.log_ndtr(-clamped.abs())
+        log_larger_tail = th.log1p(-log_smaller_tail.exp())
+        below_mean = clamped < 0
+        log_component_cdfs = th.where(below_mean, log_smaller_tail, log_larger_tail)
+        log_component_survivals = th.where(below_mean, log_larger_tail, log_smaller_tail)
+        log_cdf = th.logsumexp(log_responsibilities + log_component_cdfs, dim=-2)  # [..., D]
+        log_survival = th.logsumexp(log_responsibilities + log_component_survivals, dim=-2)
+
+        # T_d: whichever of F_d and 1 - F_d is smaller, the one stored accurately (dT = dF or -dF).
+        use_cdf = log_cdf <= log_survival
+        log_tail = th.where(use_cdf, log_cdf, log_survival)
+        use_cdf_per_component = use_cdf.unsqueeze(-2)
+        log_component_tails = th.where(use_cdf_per_component, log_component_cdfs, log_component_survivals)
+        # rho_kd: component k's share of T_d; pi_kd: its responsibility given x_<d.
+        tail_shares = th.exp(log_responsibilities + log_component_tails - log_tail.unsqueeze(-2))
+        responsibilities = log_responsibilities.exp()
+
+        # A = d log T / dx, lower triangular. Diagonal: +-p_d / T_d (the sign is that of dT_d/dx_d). Below it:
+        # dlog T_e/dx_d = sum_k (rho_ke - pi_ke) dlog N_kd/dx_d for d < e.
+        log_density = th.logsumexp(log_responsibilities + log_component_densities, dim=-2) - 0.5 * LOG_2PI
+        log_ratio_cap = _LOG_RATIO_CAP_FRACTION * math.log(th.finfo(samples.dtype).max)
+        density_over_tail = (log_density - log_tail).clamp(-log_ratio_cap, log_ratio_cap).exp()
+        scores = -standardized / stds  # dlog N_kd / dx_d
+        jacobian = th.einsum("...ke,...kd->...ed", tail_shares - responsibilities, scores).tril(-1)
+        jacobian = jacobian + th.diag_embed(th.where(use_cdf, density_over_tail, -density_over_tail))
+
+        # dlog T_kd / dz_kd of each component's tail: +-N(z) / Phi(+-z), zero beyond the clamp.
+        hazards = th.exp(-0.5 * clamped.square() - 0.5 * LOG_2PI - log_component_tails)
+        hazards = th.where(use_cdf_per_component, hazards, -hazards)
+        hazards = th.where(standardized.abs() <= _CDF_ARGUMENT_LIMIT, hazards, th.zeros_like(hazards))
+
+        ctx.save_for_backward(standardized, stds, responsibilities, tail_shares, hazards, jacobian)
+        ctx.input_shapes = (log_weights.shape, means.shape, stds.shape, log_stds.shape)
+        return samples.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_samples: th.Tensor) -> Tuple[Optional[th.Tensor], ...]:  # type: ignore[override]
+        standardized, stds, responsibilities, tail_shares, hazards, jacobian = ctx.saved_tensors
+        log_weights_shape, means_shape, stds_shape, log_stds_shape = ctx.input_shapes
+        # x_sur = x - A^{-1} (log T - stop_grad(log T)), so dL/dlog T = -A^{-T} dL/dx.
+        grad_log_tail = -th.linalg.solve_triangular(
+            jacobian.transpose(-1, -2), grad_samples.unsqueeze(-1), upper=True
+        ).squeeze(-1)
+        grad_log_tail = grad_log_tail.unsqueeze(-2)  # [..., 1, D]
+        # log T_d = logsumexp_k(a_kd - logsumexp_j a_jd + log T_kd), with a_kd = log w_k + sum_{j<d} log N_kj:
+        # its derivative is rho_kd - pi_kd in a_kd and rho_kd in log T_kd.
+        grad_prefix_terms = grad_log_tail * (tail_shares - responsibilities)  # dL/da_kd
+        # a_kd holds log N_kj for every j < d: the gradient reaching log N_kj sums over the later d.
+        grad_log_densities = grad_prefix_terms.flip(-1).cumsum(-1).flip(-1) - grad_prefix_terms
+        # z enters through log T_kd (hazard) and through log N_kz = -z^2/2 - log s.
+        grad_standardized = grad_log_tail * tail_shares * hazards - standardized * grad_log_densities
+        grad_means = -grad_standardized / stds
+        grad_stds = grad_means * standardized
+        return (
+            None,
+            grad_prefix_terms.sum(-1).sum_to_size(log_weights_shape),
+            grad_means.sum_to_size(means_shape),
+            grad_stds.sum_to_size(stds_shape),
+            (-grad_log_densities).sum_to_size(log_stds_shape),
+        )
 
 
 def implicit_mixture_surrogate(
@@ -79,17 +152,18 @@ def implicit_mixture_surrogate(
 
     The value returned equals ``samples`` exactly; its gradient with respect to ``log_weights``, ``means``, ``stds``
     (and ``log_stds``) is the pathwise derivative of the sample holding its conditional CDFs fixed (the gradient
-    reaching ``log_weights`` is that of the normalised weights). Unbiased when ``samples`` are draws from the mixture
-    with these parameters. Cost: O(K D^2) per sample, with no loop over dimensions.
+    reaching ``log_weights`` is that of the normalised weights: it sums to zero over K). Unbiased when ``samples``
+    are draws from the mixture with these parameters. Cost: O(K D^2) per sample, with no loop over dimensions.
+    First derivatives only (no double backward).
 
     How: with ``T_d`` the smaller of the conditional CDF ``F_d`` and survival function ``1 - F_d`` (the one stored
     accurately in a tail), the D equations ``log T_d(x, theta) = const`` define ``x(theta)``. Their Jacobian in ``x``
-    is lower triangular, ``A``, so ``dx/dtheta = -A^{-1} dlog T/dtheta``, and
-    ``x - A^{-1} (log T - stop_grad(log T))`` has the value ``x`` and exactly this gradient. Every entry of ``A`` is a
+    is lower triangular, ``A``, so ``dx/dtheta = -A^{-1} dlog T/dtheta``: the value of
+    ``x - A^{-1} (log T - stop_grad(log T))`` is ``x`` and its gradient is exactly this. Every entry of ``A`` is a
     difference of responsibilities times a score, or the ratio ``p_d / T_d``: all computed in log space, so far tails,
     near-one-hot weights and far-apart components keep finite gradients.
 
-    :param samples: mixture draws ``[..., D]`` (their own gradient, if any, is ignored)
+    :param samples: mixture draws ``[..., D]``, with the parameters' full batch shape (their own gradient is ignored)
     :param log_weights: normalised log weights ``[..., K]``
     :param means: component means ``[..., K, D]``
     :param stds: component stds ``[..., K, D]`` or anything broadcasting to it
@@ -97,10 +171,14 @@ def implicit_mixture_surrogate(
     :return: ``samples`` with the pathwise gradient, ``[..., D]``
     """
     _check_shapes(log_weights, means, stds)
-    if samples.shape[-1] != means.shape[-1]:
+    batch_shape = th.broadcast_shapes(log_weights.shape[:-1], means.shape[:-2], stds.shape[:-2])
+    if (
+        samples.shape[-1] != means.shape[-1]
+        or th.broadcast_shapes(samples.shape[:-1], batch_shape) != samples.shape[:-1]
+    ):
         raise ValueError(
-            f"samples must have shape [..., D] with D={means.shape[-1]} (from means {tuple(means.shape)}), "
-            f"got shape {tuple(samples.shape)}"
+            f"samples must have shape [..., D] with D={means.shape[-1]} and a batch shape that the parameters' "
+            f"{tuple(batch_shape)} broadcasts to, got shape {tuple(samples.shape)}"
         )
     samples = samples.detach()
     parameters = (log_weights, means, stds, log_stds)
@@ -109,43 +187,7 @@ def implicit_mixture_surrogate(
         return samples
     if log_stds is None:
         log_stds = stds.log()
-    log_ratio_cap = _LOG_RATIO_CAP_FRACTION * math.log(th.finfo(samples.dtype).max)
-
-    standardized = (samples.unsqueeze(-2) - means) / stds  # [..., K, D]
-    # Per-coordinate component log densities (up to a constant) and the responsibilities after each prefix x_<d.
-    log_component_densities = -0.5 * standardized.square() - log_stds
-    log_prefix = th.cat(
-        [th.zeros_like(log_component_densities[..., :1]), log_component_densities[..., :-1].cumsum(-1)], dim=-1
-    )
-    log_responsibilities = th.log_softmax(log_weights.unsqueeze(-1) + log_prefix, dim=-2)  # [..., K, D]
-    log_component_cdfs, log_component_survivals = _log_ndtr_both_sides(standardized)
-    log_cdf_terms = log_responsibilities + log_component_cdfs
-    log_survival_terms = log_responsibilities + log_component_survivals
-    log_cdf, log_survival = th.logsumexp(log_cdf_terms, dim=-2), th.logsumexp(log_survival_terms, dim=-2)  # [..., D]
-
-    # dT = dF = -d(1 - F): differentiate whichever tail mass is smaller, it is the one stored accurately.
-    use_cdf = (log_cdf <= log_survival).detach()
-    log_tail_with_grad = th.where(use_cdf, log_cdf, log_survival)
-    log_tail = log_tail_with_grad.detach()
-    with th.no_grad():
-        log_density = th.logsumexp(log_responsibilities + log_component_densities, dim=-2) - 0.5 * math.log(
-            2.0 * math.pi
-        )
-        # Diagonal: dlog T_d/dx_d = +-p_d / T_d (the sign is that of dT_d/dx_d: + for the CDF, - for the survival).
-        density_over_tail = (log_density - log_tail).clamp(-log_ratio_cap, log_ratio_cap).exp()
-        diagonal = th.where(use_cdf, density_over_tail, -density_over_tail)
-        # Below it: dlog T_e/dx_d = sum_k (rho_ke - pi_ke) dlog N_kd/dx_d for d < e, where rho_ke is component k's
-        # share of T_e and pi_ke its responsibility given x_<e.
-        tail_shares = th.where(use_cdf.unsqueeze(-2), log_cdf_terms, log_survival_terms) - log_tail.unsqueeze(-2)
-        share_minus_responsibility = tail_shares.exp() - log_responsibilities.exp()  # [..., K, D(e)]
-        scores = -standardized / stds  # dlog N_kd/dx_d, [..., K, D(d)]
-        jacobian = th.einsum("...ke,...kd->...ed", share_minus_responsibility, scores).tril(-1)
-        jacobian = jacobian + th.diag_embed(diagonal)
-
-    # Value: exactly the samples (the bracket is 0); gradient: -A^{-1} dlog T/dtheta (A is held fixed).
-    bracket = (log_tail_with_grad - log_tail).unsqueeze(-1)
-    correction = th.linalg.solve_triangular(jacobian, bracket, upper=False).squeeze(-1)
-    return samples - correction
+    return _ImplicitMixtureGradient.apply(samples, log_weights, means, stds, log_stds)
 
 
 def implicit_mixture_sample(
