@@ -30,6 +30,8 @@ POLICY_NAMES: Dict[str, str] = {
     "a2c": "GMMActorCriticPolicy",
     "trpo": "GMMActorCriticPolicy",
     "ppo_lstm": "GMMRecurrentActorCriticPolicy",
+    "sac": "GMMSACPolicy",
+    "tqc": "GMMTQCPolicy",
 }
 
 BANDIT_ID = "sb3_gmm/TwoPeakBandit-v0"
@@ -43,6 +45,54 @@ _RECURRENT_POLICY_KWARGS = dict(
     enable_critic_lstm=True,
     net_arch=dict(pi=[64], vf=[64]),
 )
+
+# rl-zoo3's SAC entries, which its TQC file repeats, without gSDE (zoo_configs/sac.yml says what changed and why).
+_SQUASHED_ACTOR_HYPERPARAMS: Dict[str, Dict[str, Any]] = {
+    "Pendulum-v1": dict(
+        n_timesteps=20_000,
+        learning_rate=1e-3,
+        policy_kwargs=dict(n_components=4),
+    ),
+    "LunarLanderContinuous-v3": dict(
+        n_timesteps=500_000,
+        batch_size=256,
+        learning_rate="lin_7.3e-4",
+        buffer_size=1_000_000,
+        ent_coef="auto",
+        gamma=0.99,
+        tau=0.01,
+        train_freq=1,
+        gradient_steps=1,
+        learning_starts=10_000,
+        policy_kwargs=dict(n_components=4, net_arch=[400, 300]),
+    ),
+    "MountainCarContinuous-v0": dict(
+        n_timesteps=50_000,
+        learning_rate=3e-4,
+        buffer_size=50_000,
+        batch_size=512,
+        ent_coef=0.1,
+        train_freq=32,
+        gradient_steps=32,
+        gamma=0.9999,
+        tau=0.01,
+        learning_starts=0,
+        policy_kwargs=dict(n_components=4, net_arch=[64, 64]),
+    ),
+    "BipedalWalker-v3": dict(
+        n_timesteps=500_000,
+        learning_rate=7.3e-4,
+        buffer_size=300_000,
+        batch_size=256,
+        ent_coef="auto",
+        gamma=0.98,
+        tau=0.02,
+        train_freq=64,
+        gradient_steps=64,
+        learning_starts=10_000,
+        policy_kwargs=dict(n_components=4, net_arch=[400, 300]),
+    ),
+}
 
 _HYPERPARAMS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "ppo": {
@@ -286,6 +336,8 @@ _HYPERPARAMS: Dict[str, Dict[str, Dict[str, Any]]] = {
             policy_kwargs=dict(n_components=4),
         ),
     },
+    "sac": _SQUASHED_ACTOR_HYPERPARAMS,
+    "tqc": _SQUASHED_ACTOR_HYPERPARAMS,
 }
 
 

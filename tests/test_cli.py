@@ -147,3 +147,22 @@ def test_help_documents_the_options_and_their_defaults():
     for default in defaults:
         assert f"(default: {default})" in flat, default
     assert "(default: None)" not in flat
+
+
+@pytest.mark.parametrize("algo", ["sac", "tqc"])
+def test_train_sac_and_tqc_with_the_squashed_gmm_actor(tmp_path, algo):
+    """`train --algo sac|tqc` uses zoo_configs/<algo>.yml's Pendulum entry (one env, lr 1e-3) and the GMM actor."""
+    import sb3_gmm
+    from sb3_gmm.cli import _algorithm
+    from sb3_gmm.hyperparams import POLICY_NAMES
+
+    out = tmp_path / algo
+    main(["train", "--algo", algo, "--total-timesteps", "150", "--n-components", "2", "--output-dir", str(out),
+          "--no-progress", "--eval-episodes", "1"])  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tuned_settings"] and summary["n_envs"] == 1 and summary["n_components"] == 2
+    model = _algorithm(algo).load(out / "model.zip")
+    assert isinstance(model.policy, getattr(sb3_gmm, POLICY_NAMES[algo]))
+    assert model.learning_rate == hyperparams(algo, "Pendulum-v1")["learning_rate"] and model.num_timesteps == 150
+    assert model.policy.actor.action_dist.n_components == 2
+    assert np.isfinite(summary["mean_return"]) and Image.open(out / "action_density.png").size[0] > 100

@@ -28,15 +28,18 @@ def _zoo(module, *args, cwd):
     return result.stdout
 
 
-@pytest.mark.parametrize("algo", ["ppo", "a2c", "ppo_lstm", "trpo"])
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "ppo_lstm", "trpo", "sac", "tqc"])
 def test_config_files_use_gmm_policies_without_gsde(algo):
     config = yaml.safe_load((CONFIG_DIR / f"{algo}.yml").read_text())
     assert set(REQUIRED_ENVS) <= set(config)
-    expected = "sb3_gmm.GMMRecurrentActorCriticPolicy" if algo == "ppo_lstm" else "sb3_gmm.GMMActorCriticPolicy"
+    expected = {"ppo_lstm": "GMMRecurrentActorCriticPolicy", "sac": "GMMSACPolicy", "tqc": "GMMTQCPolicy"}.get(
+        algo, "GMMActorCriticPolicy"
+    )
     for env_id, entry in config.items():
-        assert entry["policy"] == expected, env_id
-        assert "use_sde" not in entry and "sde_sample_freq" not in entry, env_id
-        assert "n_components" in entry["policy_kwargs"], env_id
+        assert entry["policy"] == f"sb3_gmm.{expected}", env_id
+        assert not {"use_sde", "sde_sample_freq", "use_sde_at_warmup"} & set(entry), env_id
+        # gSDE-only policy options go with gSDE
+        assert "n_components" in entry["policy_kwargs"] and "use_expln" not in entry["policy_kwargs"], env_id
 
 
 @pytest.mark.parametrize("algo", algorithms())
@@ -70,6 +73,25 @@ def test_hyperparams_returns_fresh_copies_and_constructor_kwargs():
         hyperparams("ppo", "CartPole-v1")
     with pytest.raises(ValueError, match="algo='dqn'"):
         hyperparams("dqn", "Pendulum-v1")
+
+
+@pytest.mark.parametrize("algo", ["sac", "tqc"])
+def test_zoo_trains_the_squashed_gmm_actor_from_the_shipped_config(tmp_path, algo):
+    """A few hundred steps of rl-zoo3 with zoo_configs/<algo>.yml: the saved model has the config's GMM actor."""
+    import sb3_gmm
+    from sb3_gmm.cli import _algorithm
+
+    _zoo(
+        "rl_zoo3.train", "--algo", algo, "--env", "Pendulum-v1", "--conf-file", str(CONFIG_DIR / f"{algo}.yml"),
+        "-n", "300", "-f", str(tmp_path / "logs"), "--eval-freq", "-1", "--seed", "0",
+        "--hyperparams", "learning_starts:100", "batch_size:32",
+        "policy_kwargs:dict(n_components=3, net_arch=[32, 32])", cwd=tmp_path,
+    )  # fmt: skip
+    models = list((tmp_path / "logs" / algo).glob("Pendulum-v1_*/Pendulum-v1.zip"))
+    assert len(models) == 1
+    model = _algorithm(algo).load(models[0])
+    assert isinstance(model.policy, getattr(sb3_gmm, POLICY_NAMES[algo]))
+    assert model.policy.actor.action_dist.n_components == 3 and model.num_timesteps == 300
 
 
 def test_zoo_train_then_enjoy(tmp_path):
