@@ -63,14 +63,24 @@ def test_fused_path_second_derivatives_equal_autograd():
     stds = (th.rand(3, 2, dtype=th.float64) + 0.5).requires_grad_(True)
     points, weights = th.randn(8, 2, dtype=th.float64), th.full((8,), 0.125, dtype=th.float64)
 
-    def second_derivatives(fused: bool):
-        value = quadrature_entropy(mixture_params(logits, means, stds), points, weights, fused=fused)
-        (grad,) = th.autograd.grad(value, means, create_graph=True)
-        assert grad.requires_grad
-        return grad, th.autograd.grad(grad.square().sum(), (logits, means, stds))
+    inputs = (logits, means, stds)
 
-    (fused_grad, fused_second), (reference_grad, reference_second) = second_derivatives(True), second_derivatives(False)
-    th.testing.assert_close(fused_grad, reference_grad, rtol=0.0, atol=1e-12)
+    def estimate(fused: bool) -> th.Tensor:
+        return quadrature_entropy(mixture_params(*inputs), points, weights, fused=fused)
+
+    def derivatives(fused: bool):
+        grads = th.autograd.grad(estimate(fused), inputs, create_graph=True)
+        assert all(grad.requires_grad for grad in grads)
+        return grads, th.autograd.grad(sum(grad.square().sum() for grad in grads), inputs)
+
+    (fused_grads, fused_second), (reference_grads, reference_second) = derivatives(True), derivatives(False)
+    # The first derivative taken with a graph is the plain one (stds included, which reach the estimate both
+    # directly and through log_stds = stds.log(): gradgradcheck alone would not notice if that path were counted
+    # twice, since it only compares the graph-recording gradient with itself).
+    plain_grads = th.autograd.grad(estimate(True), inputs)
+    for got, expected, plain in zip(fused_grads, reference_grads, plain_grads):
+        th.testing.assert_close(got, expected, rtol=0.0, atol=1e-12)
+        th.testing.assert_close(got, plain, rtol=0.0, atol=1e-12)
     for got, expected in zip(fused_second, reference_second):
         assert expected.abs().max() > 1e-3  # a real second derivative, not zeros
         th.testing.assert_close(got, expected, rtol=0.0, atol=1e-12)

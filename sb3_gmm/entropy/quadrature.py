@@ -289,11 +289,13 @@ class _FusedQuadratureEntropy(th.autograd.Function):
 def _differentiable_backward(ctx: Any, grad_output: th.Tensor) -> Tuple[Optional[th.Tensor], ...]:
     """The fused Function's gradient as autograd of the reference, with a graph (for second derivatives)."""
     *_, features, point_weights, log_weights, means, stds, log_stds = ctx.saved_tensors
-    inputs = (log_weights, means, stds, log_stds)
-    wanted = [index for index in range(len(inputs)) if ctx.needs_input_grad[index]]
+    wanted = [index for index in range(4) if ctx.needs_input_grad[index]]
     grads: List[Optional[th.Tensor]] = [None] * 7
     if not wanted:
         return tuple(grads)
+    # Fresh views as the roots: the gradient w.r.t. stds must not also collect the path through log_stds when the
+    # caller's log_stds = stds.log() (the engine adds that path itself), yet the views keep the graph to the inputs.
+    inputs = [tensor.view_as(tensor) for tensor in (log_weights, means, stds, log_stds)]
     value = _autograd_quadrature_entropy(MixtureParams(*inputs), features, point_weights, ctx.responsibility_entropy)
     found = th.autograd.grad(
         value, [inputs[index] for index in wanted], grad_output, create_graph=True, allow_unused=True
