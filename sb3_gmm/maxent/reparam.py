@@ -30,9 +30,10 @@ from sb3_gmm.mixture import LOG_2PI
 # other, so freezing its argument changes nothing but keeps a 0 * NaN out of the backward pass.
 _CDF_ARGUMENT_LIMIT = 200.0
 
-# Fraction of log(dtype max) allowed for log(F_d / p_d). The ratio is a length (at most ~1.25 s for one Gaussian); it
-# only grows large for samples whose density is astronomically small (z beyond ~6.6 in float32), and there the cap
-# keeps the gradient finite at the price of a bias at points that are essentially never drawn.
+# Fraction of log(dtype max) allowed for |log(T_d / p_d)| (T_d the smaller tail mass): e^22 ~ 4e9 in float32, e^177 in
+# float64. The ratio is a length (below 1.25 s for a single Gaussian); it only exceeds the cap where the mixture
+# density is tiny next to the tail mass, deep in a gap between components (about 13 stds wide for unit components)
+# that samples essentially never reach. There the cap keeps the gradient finite at the price of a bias.
 _LOG_RATIO_CAP_FRACTION = 0.25
 
 
@@ -242,8 +243,9 @@ def marginalized_mixture_expectation(
 ) -> th.Tensor:
     """He et al.'s marginalized estimate of ``E_pi[fn]``: ``sum_k w_k mean_s fn(mu_k + s_k eps_ks)``.
 
-    Every component is sampled, so the weights get the exact gradient ``w_k (mean_s fn_k - ...)`` with no index
-    draw, and the means and stds an ordinary reparameterization gradient. It costs ``K * n_samples`` evaluations of
+    Every component is sampled, so no index is drawn: logit k gets ``w_k (f_k - sum_j w_j f_j)`` (``f_k`` the mean
+    of ``fn`` over component k's draws), bounded by the range of ``fn``, and the means and stds an ordinary
+    reparameterization gradient. It costs ``K * n_samples`` evaluations of
     ``fn`` per batch entry: a loss built on it needs K actions per state (K critic calls), which is why it cannot
     replace the sample inside stock SAC's actor loss. Here it is a reference for gradient-variance measurements.
 
