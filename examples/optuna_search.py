@@ -3,9 +3,10 @@
     python examples/optuna_search.py --n-trials 20 --timesteps 50000
     python examples/optuna_search.py --storage postgresql://user@host/db --study-name gmm   # on several machines
 
-rl-zoo's own ``-optimize`` replaces ``policy_kwargs`` with its own sampled dict and so drops ``n_components``; this
-script searches the GMM options directly. The storage is an Optuna RDB URL (any SQLAlchemy URL): with a shared
-database, several machines running this script with the same ``--study-name`` fill one study.
+rl-zoo's own ``-optimize`` searches these options too with ``--gym-packages sb3_gmm.zoo`` (docs/usage.md); this
+script searches them without rl-zoo3, over the same choices (``sb3_gmm.hyperparams.SEARCHED_*``). The storage is
+an Optuna RDB URL (any SQLAlchemy URL): with a shared database, several machines running this script with the same
+``--study-name`` fill one study (tests/test_optuna_postgres.py runs two workers on one PostgreSQL server).
 """
 
 import argparse
@@ -16,13 +17,12 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_gmm import GMMActorCriticPolicy
-
-ENTROPY_METHODS = ["qmc", "pairwise_bhattacharyya", "component_average", "legendre"]
+from sb3_gmm.hyperparams import SEARCHED_ENTROPY_METHODS, SEARCHED_N_COMPONENTS
 
 
 def objective(trial: optuna.Trial, env_id: str, timesteps: int) -> float:
-    n_components = trial.suggest_int("n_components", 1, 8)
-    entropy_method = trial.suggest_categorical("entropy_method", ENTROPY_METHODS)
+    n_components = trial.suggest_categorical("n_components", SEARCHED_N_COMPONENTS)
+    entropy_method = trial.suggest_categorical("entropy_method", SEARCHED_ENTROPY_METHODS)
     ent_coef = trial.suggest_float("ent_coef", 1e-5, 0.05, log=True)
     env = make_vec_env(env_id, n_envs=4, seed=trial.number)
     model = PPO(

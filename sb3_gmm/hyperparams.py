@@ -34,6 +34,10 @@ POLICY_NAMES: Dict[str, str] = {
     "tqc": "GMMTQCPolicy",
 }
 
+# The GMM options a hyperparameter search tries (sb3_gmm.zoo for rl-zoo3's -optimize, examples/optuna_search.py).
+SEARCHED_N_COMPONENTS = (1, 2, 4, 8)
+SEARCHED_ENTROPY_METHODS = ("qmc", "pairwise_bhattacharyya", "component_average", "legendre")
+
 BANDIT_ID = "sb3_gmm/TwoPeakBandit-v0"
 NAVIGATION_ID = "sb3_gmm/TwoRouteNavigation-v0"
 

@@ -111,3 +111,56 @@ def test_zoo_train_then_enjoy(tmp_path):
         "-n", "400", "--exp-id", "0", cwd=tmp_path,
     )  # fmt: skip
     assert "Mean reward" in stdout or "Atari Episode Score" in stdout or "Episode Reward" in stdout, stdout[-500:]
+
+
+def test_zoo_optimize_keeps_the_configs_gmm_options_and_searches_the_rest(tmp_path):
+    """rl-zoo3 -optimize with --gym-packages sb3_gmm.zoo runs to its report; each trial model keeps the config's
+    entropy_method and log_std_init, and has the n_components its trial sampled (the config leaves K out)."""
+    import optuna
+    from stable_baselines3 import A2C
+
+    from sb3_gmm.zoo import SEARCHED_N_COMPONENTS
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    _zoo(
+        "rl_zoo3.train", "--algo", "a2c", "--env", "Pendulum-v1", "--conf-file", str(CONFIG_DIR / "a2c.yml"),
+        "-optimize", "--gym-packages", "sb3_gmm.zoo", "--n-trials", "2", "-n", "256", "--n-evaluations", "1",
+        "--eval-episodes", "1", "--sampler", "random", "--pruner", "none", "--no-optim-plots", "--seed", "1",
+        "--storage", storage, "--study-name", "gmm", "-f", str(tmp_path / "logs"),
+        "--optimization-log-path", str(tmp_path / "trials"),
+        "--hyperparams", "n_envs:1", "policy_kwargs:dict(entropy_method='legendre', log_std_init=-0.5)",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert list((tmp_path / "logs" / "a2c").glob("report_Pendulum-v1_*.csv"))  # pandas wrote the report
+    trials = optuna.load_study(study_name="gmm", storage=storage).trials
+    assert [trial.state for trial in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    for trial in trials:
+        assert trial.params["n_components"] in SEARCHED_N_COMPONENTS and "entropy_method" not in trial.params
+        policy = A2C.load(tmp_path / "trials" / f"trial_{trial.number}" / "best_model.zip").policy
+        assert policy.n_components == trial.params["n_components"]
+        assert policy.entropy_method == "legendre" and policy.log_std_init == -0.5
+        # rl-zoo3's own search space still applies on top
+        assert (
+            policy.net_arch
+            == {"small": dict(pi=[64, 64], vf=[64, 64]), "medium": dict(pi=[256, 256], vf=[256, 256])}[
+                trial.params["net_arch"]
+            ]
+        )
+
+
+def test_zoo_sampler_outside_an_experiment_and_the_trial_converter():
+    import optuna
+    from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
+
+    import sb3_gmm.zoo  # noqa: F401  (registers the samplers)
+
+    trial = optuna.create_study().ask()
+    with pytest.raises(RuntimeError, match="examples/optuna_search.py"):
+        HYPERPARAMS_SAMPLER["ppo"](trial, 1, 1, {})
+    # --trial-id turns a finished trial's parameters back into hyperparameters: the GMM options go to policy_kwargs
+    converted = HYPERPARAMS_CONVERTER["sac"](
+        dict(one_minus_gamma=0.01, batch_size_pow=6, learning_rate=1e-3, train_freq=2, tau=0.01, net_arch="small",
+             n_components=8, entropy_method="legendre")
+    )  # fmt: skip
+    assert converted["policy_kwargs"] == dict(net_arch=[64, 64], n_components=8, entropy_method="legendre")
+    assert converted["batch_size"] == 64 and "n_components" not in converted
