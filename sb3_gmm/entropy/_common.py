@@ -27,10 +27,9 @@ def compute_dtype(dtype: th.dtype) -> th.dtype:
 
 
 def smallest_std(dtype: th.dtype) -> float:
-    """The smallest std the estimators support for inputs of ``dtype``: the smallest normal number they compute in.
-
-    Below it (subnormal numbers) ``1 / std`` overflows to inf and ``0 * inf`` turns a result into NaN.
-    """
+    """The smallest std the estimators support for inputs of ``dtype``: the smallest normal number of the dtype they
+    compute in (1.2e-38 for float32 and half inputs). Below it ``1 / std`` and ``exp(-log std)`` overflow to inf,
+    which the estimators' zero weights would turn into ``0 * inf = NaN``."""
     return th.finfo(compute_dtype(dtype)).tiny
 
 
@@ -105,12 +104,15 @@ def check_mixture_args(logits: th.Tensor, means: th.Tensor, stds: th.Tensor) -> 
         )
     smallest = smallest_std(stds.dtype)
     with th.no_grad():
-        # One fused test on the happy path (NaN, inf and stds <= 0 all make this sum non-finite), read with a single
-        # device sync; the per-argument checks below run only to name the culprit, and pass if the sum merely
-        # overflowed. Half precision sums in float32 so that a large batch does not overflow float16.
+        # One fused test on the happy path, read with a single device sync: NaN, inf, stds <= 0 and stds below the
+        # supported minimum all make this sum non-finite (the log of s - smallest / 2 is NaN or -inf below half of
+        # it; in [smallest / 2, smallest) the estimators still work). The per-argument checks below run only to name
+        # the culprit, and pass if the sum merely overflowed. Half precision sums in float32 so that a large batch
+        # does not overflow float16.
         accumulate = compute_dtype(stds.dtype)
-        total = logits.sum(dtype=accumulate) + means.sum(dtype=accumulate) + stds.log().sum(dtype=accumulate)
-        if bool(th.isfinite(total) & ~(stds < smallest).any()):
+        log_margins = (stds.to(accumulate) - 0.5 * smallest).log()
+        total = logits.sum(dtype=accumulate) + means.sum(dtype=accumulate) + log_margins.sum()
+        if bool(th.isfinite(total)):
             return
         if not th.isfinite(logits).all():
             raise ValueError(
@@ -125,11 +127,11 @@ def check_mixture_args(logits: th.Tensor, means: th.Tensor, stds: th.Tensor) -> 
                 f"stds must be strictly positive, got a minimum of {stds.min().item():.3g}; "
                 "parameterise them as log_std.exp() or softplus(x) + min_std"
             )
-        if (stds < smallest).any():
-            dtype_name = str(compute_dtype(stds.dtype)).replace("torch.", "")
+        if not th.isfinite(log_margins).all():
+            dtype_name = str(accumulate).replace("torch.", "")
             raise ValueError(
-                f"stds must be at least {smallest:.3g} (the smallest normal {dtype_name} number; "
-                f"below it 1 / std overflows), got a minimum of {stds.min().item():.3g}; raise the std floor, e.g. "
+                f"stds must be at least {smallest:.3g} (the smallest normal {dtype_name} number: below it 1 / std "
+                f"overflows), got a minimum of {stds.min().item():.3g}; raise the std floor, e.g. "
                 "log_std.clamp(min=-20).exp()"
             )
 

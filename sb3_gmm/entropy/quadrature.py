@@ -19,8 +19,9 @@ integrands give the same exact value and different quadrature errors:
   two on the same points (docs/estimators.md, measured in docs/qmc_design.md).
 
 Both vanish for far-apart components and are constant for coincident ones, so every point set is exact in both limits
-and for K = 1. Because ``Delta`` is a quadratic form in ``eps``, evaluating it at ``n`` shared points is one matrix
-product ``[..., K, K, 2D] @ [2D, n]``: the cost of a few log_probs, not ``n`` of them.
+and for K = 1. Because ``log w_j + Delta_ij`` is a quadratic form in ``eps``, evaluating it at ``n`` shared points is
+one matrix product ``[..., K, K, 2D + 1] @ [2D + 1, n]``: the cost of a few log_probs, not ``n`` of them. The first
+derivative is written by hand (:class:`_FusedQuadratureEntropy`); second derivatives are autograd's.
 """
 
 import math
@@ -180,8 +181,8 @@ def _contract_points(values: th.Tensor, features: th.Tensor) -> th.Tensor:
 def _contract_points_back(values: th.Tensor, features: th.Tensor) -> th.Tensor:
     """The adjoint of :func:`_contract_points`: ``[..., K(i), K(j), n] -> [..., K(i), K(j), F]``.
 
-    For shared points the product is taken as ``features^T @ values^T``: a matrix product with only ``F = 2D + 1``
-    output columns runs several times slower on CPU BLAS than the same product with ``F`` output rows.
+    For shared points the product is taken as ``features^T @ values^T``: CPU BLAS runs a matrix product with only
+    ``F = 2D + 1`` output columns much slower than the same product with ``F`` output rows (docs/estimators.md).
     """
     if features.dim() == 2:
         n_points, n_features = features.shape
@@ -321,9 +322,8 @@ def sobol_points(n_components: int, dim: int, n_points: int, seed: int = 0) -> t
     Each set is shifted and rescaled per coordinate to mean exactly 0 and mean square exactly 1, so the mean of
     ``Delta_ij`` over the points is exactly ``-KL(N_i || N_j)`` and only the curvature of the integrand is left to
     quadrature error. Independent scrambles per component decorrelate the components' errors, which then partly
-    cancel in the weighted sum (measured: mean error 0.0057 vs 0.0079 nats with shared points, 64 points).
-    Antithetic pairs ``{z, -z}`` were measured worse: they duplicate every ``z^2``, the part that matters for
-    components of different widths.
+    cancel in the weighted sum. Antithetic pairs ``{z, -z}`` duplicate every ``z^2``, the part that matters for
+    components of different widths. Both choices are measured against the alternatives in docs/qmc_design.md.
     """
     sets = []
     for component in range(n_components):
@@ -396,12 +396,12 @@ def _qmc_rule(
     """Points, weights and features of the qmc rule, converted once per dtype/device (they are constants).
 
     In one dimension the n-node Gauss-Hermite rule replaces Sobol: it is exact for polynomials up to degree 2n - 1,
-    and measured on the gradient it was the difference between a cosine of 0.987 and 1.000. Its nodes of negligible
-    weight are dropped (``NEGLIGIBLE_NODE_WEIGHT``), so ``n_points`` counts the rule's nodes, not those evaluated.
+    which shows most on the gradient (docs/qmc_design.md). Its nodes of negligible weight are dropped
+    (``NEGLIGIBLE_NODE_WEIGHT``), so ``n_points`` counts the rule's nodes, not those evaluated.
     """
     if dim == 1:
         points, weights = gauss_hermite_points(n_points)
-        # Far-tail nodes carry weights below 1e-12 (28 of 64 nodes at n = 64): their contribution is far below
+        # Far-tail nodes carry weights below 1e-12 (nearly half of them at n = 64): their contribution is far below
         # float32 resolution, so they are dropped rather than evaluated.
         kept = weights > NEGLIGIBLE_NODE_WEIGHT
         points, weights = points[kept], weights[kept] / weights[kept].sum()
