@@ -10,8 +10,10 @@ an Optuna RDB URL (any SQLAlchemy URL): with a shared database, several machines
 """
 
 import argparse
+import time
 
 import optuna
+import sqlalchemy.exc
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -39,6 +41,26 @@ def objective(trial: optuna.Trial, env_id: str, timesteps: int) -> float:
     return float(mean_return)
 
 
+def open_study(storage: str, study_name: str, attempts: int = 5) -> optuna.Study:
+    """Create the study, or join it if another worker already did.
+
+    Workers started together on an empty database race to create Optuna's tables (PostgreSQL answers the loser with
+    a unique-key violation on the schema); the tables exist once the winner is done, so the loser tries again.
+
+    :param storage: Optuna RDB URL
+    :param study_name: the study every worker shares
+    :param attempts: tries before the error is raised
+    """
+    for attempt in range(attempts - 1):
+        try:
+            return optuna.create_study(
+                study_name=study_name, storage=storage, direction="maximize", load_if_exists=True
+            )
+        except sqlalchemy.exc.SQLAlchemyError:
+            time.sleep(0.5 * (attempt + 1))
+    return optuna.create_study(study_name=study_name, storage=storage, direction="maximize", load_if_exists=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--storage", default="sqlite:///gmm_study.db", help="Optuna RDB URL (SQLAlchemy)")
@@ -47,9 +69,7 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, default=50_000)
     parser.add_argument("--env", default="Pendulum-v1")
     args = parser.parse_args()
-    study = optuna.create_study(
-        study_name=args.study_name, storage=args.storage, direction="maximize", load_if_exists=True
-    )
+    study = open_study(args.storage, args.study_name)
     study.optimize(lambda trial: objective(trial, args.env, args.timesteps), n_trials=args.n_trials)
     print(f"best return {study.best_value:.1f} with {study.best_params}")
 
