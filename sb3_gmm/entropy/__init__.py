@@ -82,14 +82,14 @@ def _autocast_off(device: th.device) -> ContextManager[Any]:
     return contextlib.nullcontext()
 
 
-def _evaluate(estimator: EstimatorInfo, params: MixtureParams, options: dict) -> th.Tensor:
-    """Run an estimator in the compute dtype (float32 for half inputs) and return the inputs' dtype."""
-    input_dtype = params.means.dtype
-    dtype = compute_dtype(input_dtype)
+def _evaluate(estimator: EstimatorInfo, params: MixtureParams, options: dict, output_dtype: th.dtype) -> th.Tensor:
+    """Run an estimator in the compute dtype (float32 for half inputs) and return ``output_dtype``."""
+    dtype = compute_dtype(params.means.dtype)
     with _autocast_off(params.means.device):
-        if dtype != input_dtype:
+        if dtype != params.means.dtype:
             params = MixtureParams(*(tensor.to(dtype) for tensor in params))
-        return estimator.fn(params, **options).to(input_dtype)
+        value = estimator.fn(params, **options)
+    return value if value.dtype == output_dtype else value.to(output_dtype)
 
 
 def gmm_entropy(
@@ -126,7 +126,7 @@ def gmm_entropy(
             params = mixture_params(logits.to(dtype), means.to(dtype), stds.to(dtype))
     else:
         params = mixture_params(logits, means, stds)
-    return _evaluate(estimator, params, resolved).to(means.dtype)
+    return _evaluate(estimator, params, resolved, means.dtype)
 
 
 def mixture_entropy(
@@ -151,7 +151,7 @@ def mixture_entropy(
                 f"params.log_stds must have the shape of params.stds {tuple(params.stds.shape)}, "
                 f"got {tuple(params.log_stds.shape)}"
             )
-    return _evaluate(estimator, params, resolved)
+    return _evaluate(estimator, params, resolved, params.means.dtype)
 
 
 __all__ = [

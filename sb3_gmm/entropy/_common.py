@@ -5,6 +5,7 @@ Everything here is pure torch and works on explicit batch shapes: ``logits [...,
 """
 
 import math
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch as th
@@ -26,6 +27,7 @@ def compute_dtype(dtype: th.dtype) -> th.dtype:
     return th.float32 if dtype in HALF_DTYPES else dtype
 
 
+@lru_cache(maxsize=16)  # th.finfo costs about a microsecond, every call
 def smallest_std(dtype: th.dtype) -> float:
     """The smallest std the estimators support for inputs of ``dtype``: the smallest normal number of the dtype they
     compute in (1.2e-38 for float32 and half inputs). Below it ``1 / std`` and ``exp(-log std)`` overflow to inf,
@@ -33,6 +35,7 @@ def smallest_std(dtype: th.dtype) -> float:
     return th.finfo(compute_dtype(dtype)).tiny
 
 
+@lru_cache(maxsize=16)
 def max_scaled_distance(dtype: th.dtype, power: int = 2) -> float:
     """A cap on distances in std units, ``|mu_i - mu_j| / s``, whose ``power``-th powers stay finite in ``dtype``.
 
@@ -110,8 +113,10 @@ def check_mixture_args(logits: th.Tensor, means: th.Tensor, stds: th.Tensor) -> 
         # the culprit, and pass if the sum merely overflowed. Half precision sums in float32 so that a large batch
         # does not overflow float16.
         accumulate = compute_dtype(stds.dtype)
-        log_margins = (stds.to(accumulate) - 0.5 * smallest).log()
-        total = logits.sum(dtype=accumulate) + means.sum(dtype=accumulate) + log_margins.sum()
+        if accumulate != stds.dtype:
+            logits, means, stds = logits.to(accumulate), means.to(accumulate), stds.to(accumulate)
+        log_margins = (stds - 0.5 * smallest).log()
+        total = logits.sum() + means.sum() + log_margins.sum()
         if bool(th.isfinite(total)):
             return
         if not th.isfinite(logits).all():

@@ -80,7 +80,7 @@ def _exponent_form(params: MixtureParams) -> _ExponentForm:
     # Components further apart than this in std units are as good as infinitely far: their responsibilities underflow
     # to exactly 0 either way. Capping keeps z^2 finite for tiny stds, where inf would become 0 * inf = NaN.
     limit = max_scaled_distance(params.stds.dtype)
-    scaled_diff = (pairwise_differences(params.means) * inv_std_j).clamp(-limit, limit)
+    scaled_diff = (pairwise_differences(params.means) * inv_std_j).clamp_(-limit, limit)
     std_ratio = params.stds.unsqueeze(-2) * inv_std_j
     sum_log_stds = params.log_stds.sum(-1)
     constant = (
