@@ -109,7 +109,7 @@ def gmm_entropy(
     :param logits: unnormalised log mixture weights ``[..., K]``
     :param means: component means ``[..., K, D]``
     :param stds: component standard deviations ``[..., K, D]``, strictly positive and at least
-        :func:`~sb3_gmm.entropy._common.smallest_std` (the smallest normal float32 for float32 / half inputs, 1.2e-38)
+        :func:`smallest_std` (the smallest normal number of the dtype computed in: 1.2e-38 for float32 and half)
     :param method: a name from :data:`ESTIMATORS`; None selects the library default
     :param validate_args: check shapes and values (None follows :func:`validation` / :func:`set_validate_args`)
     :param options: the method's options, e.g. ``order=4`` for ``taylor``
