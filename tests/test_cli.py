@@ -1,6 +1,7 @@
 """The main job: `python -m sb3_gmm train` saves a reloadable model, a plot and a summary; `plot` re-plots."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,8 +16,10 @@ from sb3_gmm.hyperparams import algorithm_kwargs, hyperparams
 
 
 def _run(*args, cwd):
+    # one thread: torch's default of one per core thrashes when pytest-xdist runs tests side by side
+    environment = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [sys.executable, "-m", "sb3_gmm", *args], capture_output=True, text=True, timeout=300, cwd=cwd
+        [sys.executable, "-m", "sb3_gmm", *args], capture_output=True, text=True, timeout=300, cwd=cwd, env=environment
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
