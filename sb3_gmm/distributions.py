@@ -8,8 +8,7 @@ from stable_baselines3.common.distributions import Distribution
 from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal, register_kl
 
-import sb3_gmm.entropy as entropy_package
-from sb3_gmm.entropy import MixtureParams, get_estimator, mixture_entropy
+from sb3_gmm.entropy import MixtureParams, get_estimator, get_validate_args, mixture_entropy
 from sb3_gmm.mixture import MixtureHeadLayout, component_log_joint, diag_gaussian_kl, mixture_log_prob
 
 # Mean-shift steps taken by mode() from the best component mean towards the nearest true peak.
@@ -50,11 +49,6 @@ def soft_clamp(values: th.Tensor, low: float, high: float, margin: float = LOG_S
     above = high - margin * th.exp(-(values - inner_high).clamp(min=0.0) / margin)
     below = low + margin * th.exp(-(inner_low - values).clamp(min=0.0) / margin)
     return th.where(values > inner_high, above, th.where(values < inner_low, below, values))
-
-
-def validation_enabled() -> bool:
-    """The entropy package's switch (:func:`sb3_gmm.entropy.set_validate_args`), read on every call."""
-    return bool(entropy_package._validate_args)
 
 
 class GMMTorchDistribution(MixtureSameFamily):
@@ -101,8 +95,9 @@ class GMMDistribution(Distribution):
         than a typical action range; wider stds only produce clipped actions
     :param validate_args: check, once per :meth:`proba_distribution`, that the network's mixture parameters are
         finite, so NaN from the network raises instead of reaching actions, log_prob or entropy (one fused
-        reduction and one device sync per batch); None follows :func:`sb3_gmm.entropy.set_validate_args` (on
-        unless switched off)
+        reduction and one device sync per batch); None follows :func:`sb3_gmm.entropy.get_validate_args` (this
+        thread's :func:`sb3_gmm.entropy.validation` block, else :func:`sb3_gmm.entropy.set_validate_args`; on unless
+        switched off)
     """
 
     def __init__(
@@ -246,7 +241,7 @@ class GMMDistribution(Distribution):
 
     def _validation_enabled(self) -> bool:
         """Whether :meth:`proba_distribution` checks its parameters (``validate_args``, or the entropy switch)."""
-        return validation_enabled() if self.validate_args is None else bool(self.validate_args)
+        return get_validate_args() if self.validate_args is None else bool(self.validate_args)
 
     def _check_finite(self, action_params: th.Tensor, log_std: Optional[th.Tensor]) -> None:
         """Raise a ValueError naming the first batch index whose mixture parameters are NaN or inf.
@@ -282,7 +277,7 @@ class GMMDistribution(Distribution):
                 f"GMMDistribution: the mixture parameters from the policy network are non-finite (NaN or inf) at "
                 f"batch index {index} ({', '.join(bad_parts)}; {int(bad_states.sum())} of {bad_states.numel()} "
                 f"states affected); {NON_FINITE_CAUSES}. (This check follows validate_args / the policy's "
-                "entropy_validate_args, or sb3_gmm.entropy.set_validate_args when those are None.)"
+                "entropy_validate_args, or sb3_gmm.entropy.validation / set_validate_args when those are None.)"
             )
 
     def _require_bound(self, method: str) -> None:

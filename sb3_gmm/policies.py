@@ -49,7 +49,7 @@ class GMMPolicyMixin:
         and then they stay identical
     :param entropy_validate_args: check that the mixture parameters from the network are finite on every forward
         pass (rollout and training), so NaN raises a ValueError instead of reaching the env; None (default) follows
-        ``sb3_gmm.entropy.set_validate_args``
+        ``sb3_gmm.entropy.get_validate_args`` (a ``sb3_gmm.entropy.validation(False)`` block, or set_validate_args)
     """
 
     # The action distribution built in __init__; a subclass may set a GMMDistribution subclass here.

@@ -1,5 +1,7 @@
 """GMMDistribution under misuse and bad input: NaN from the network, wrong head sizes, calls before binding."""
 
+import threading
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from stable_baselines3 import PPO
 
 import sb3_gmm.distributions as distributions_module
 from sb3_gmm import GMMActorCriticPolicy, GMMDistribution
-from sb3_gmm.entropy import set_validate_args
+from sb3_gmm.entropy import set_validate_args, validation
 
 SMALL_NET = dict(net_arch=dict(pi=[16], vf=[16]))
 CAUSES = "NaN or inf observations.*VecNormalize.*diverged network.*learning rate.*max_grad_norm"
@@ -100,6 +102,27 @@ def test_switching_validation_off_lets_nan_through(validation_switch):
     validation_switch(False)
     assert th.isnan(bind(dist, action_params).mode()).all()
     validation_switch(True)
+    with pytest.raises(ValueError, match="non-finite"):
+        bind(dist, action_params)
+
+
+def test_validation_block_switches_the_check_in_this_thread_only():
+    action_params = th.full((2, 6), float("nan"))
+    dist = GMMDistribution(2, n_components=2)
+    other_thread_errors = []
+
+    def bind_in_another_thread():
+        try:
+            bind(GMMDistribution(2, n_components=2), action_params)
+        except ValueError as error:
+            other_thread_errors.append(str(error))
+
+    with validation(False):
+        assert th.isnan(bind(dist, action_params).sample()).all()
+        thread = threading.Thread(target=bind_in_another_thread)
+        thread.start()
+        thread.join()
+    assert len(other_thread_errors) == 1 and "non-finite" in other_thread_errors[0]
     with pytest.raises(ValueError, match="non-finite"):
         bind(dist, action_params)
 
