@@ -502,10 +502,12 @@ def plot_curves(results: List[Dict[str, Any]], suite: str, keys: Sequence[str], 
         for config in configs:
             _plot_band(axis, select(results, suite, config, SUITES[suite].ent_coefs[0]), key, config)
         axis.set_xlabel("timesteps")
-        axis.set_ylabel(f"training episode {key} (median over seeds, band min-max)")
+        axis.set_ylabel(f"training episode {key}")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    figure.suptitle(f"{TASKS[SUITES[suite].task].env_id}, ent_coef {SUITES[suite].ent_coefs[0]}")
+    figure.suptitle(
+        f"{TASKS[SUITES[suite].task].env_id}, ent_coef {SUITES[suite].ent_coefs[0]}: median over seeds, band min-max"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
