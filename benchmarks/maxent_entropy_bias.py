@@ -90,7 +90,7 @@ def marginalized_truth(
         log_probs = mixture_log_prob(gaussian_actions, log_weights, chunk_means, stds, chunk_log_stds)
         log_probs = log_probs - log_tanh_jacobian(gaussian_actions).sum(-1)  # [n, K]
         value = -(log_weights.exp() * log_probs.mean(0)).sum()
-        values.append(float(value))
+        values.append(float(value.detach()))
         gradients.append(th.cat([gradient.flatten() for gradient in th.autograd.grad(value, params)]))
     chunk_values, chunk_gradients = th.tensor(values), th.stack(gradients)
     gradient = chunk_gradients.mean(0)
@@ -141,8 +141,8 @@ def measure(case: Case, methods: Sequence[str], n_samples: int, batch: int) -> D
         estimate = estimator.entropy().squeeze(0)
         gradient = th.cat([g.flatten() for g in th.autograd.grad(estimate, params)])
         row["methods"][method] = dict(
-            estimate=float(estimate),
-            bias=float(estimate) - truth,
+            estimate=float(estimate.detach()),
+            bias=float(estimate.detach()) - truth,
             grad_rel_error=float((gradient - true_gradient).norm()) / true_norm,
             grad_cosine=float(th.nn.functional.cosine_similarity(gradient, true_gradient, dim=0)),
         )

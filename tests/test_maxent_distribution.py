@@ -220,3 +220,14 @@ def test_bad_arguments_raise_value_errors():
         dist.proba_distribution(th.zeros(4, 6), th.zeros(4, 6))
     with pytest.raises(ValueError, match="mean_actions"):
         dist.proba_distribution(th.zeros(4, 5), th.zeros(4, 5), th.zeros(4, 3))
+
+
+def test_entropy_bias_benchmark_runs_and_agrees_with_its_truth(capsys):
+    from benchmarks import maxent_entropy_bias
+
+    rows = maxent_entropy_bias.main(["--samples", "4000", "--random-dims", "2"])
+    assert "| 1d_apart | 4 | 1 |" in capsys.readouterr().out
+    for row in rows.values():
+        # The marginalized truth and the single-sample mean estimate the same entropy.
+        assert abs(row["sample_mean_minus_truth"]) < 5 * row["sample_std"] / math.sqrt(4000) + 5 * row["truth_se"]
+        assert abs(row["methods"]["qmc"]["bias"]) < 0.03 + 5 * row["truth_se"]
