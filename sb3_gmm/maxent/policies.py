@@ -188,6 +188,16 @@ class GMMMaxEntPolicyMixin:
         )
         super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
 
+    @property
+    def n_components(self) -> int:
+        """Number of mixture components K."""
+        return self.gmm_actor_kwargs["n_components"]
+
+    @property
+    def log_pi(self) -> str:
+        """What the actor returns as log pi: "sample" or "estimate"."""
+        return self.gmm_actor_kwargs["log_pi"]
+
     def make_actor(self, features_extractor: Optional[BaseFeaturesExtractor] = None) -> GMMActorMixin:
         actor_kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)
         return self.actor_class(**actor_kwargs, **self.gmm_actor_kwargs).to(self.device)
