@@ -22,6 +22,7 @@ from sb3_gmm.policies import (
     GMMActorCriticPolicy,
     GMMMultiInputActorCriticPolicy,
     GMMRecurrentActorCriticPolicy,
+    GMMRecurrentMultiInputActorCriticPolicy,
 )
 
 __version__ = "0.1.0"
@@ -33,6 +34,7 @@ __all__ = [
     "GMMDistribution",
     "GMMMultiInputActorCriticPolicy",
     "GMMRecurrentActorCriticPolicy",
+    "GMMRecurrentMultiInputActorCriticPolicy",
     "GMMSACCnnPolicy",
     "GMMSACMultiInputPolicy",
     "GMMSACPolicy",

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from sb3_gmm.entropy import DEFAULT_METHOD
 from sb3_gmm.hyperparams import algorithm_kwargs, hyperparams, tuned_env_ids
 
 # CLI name -> (module, class) of the algorithm and the sb3_gmm policy it trains.
@@ -139,7 +140,9 @@ def resolve_settings(args: argparse.Namespace) -> Dict[str, Any]:
     algo_kwargs = algorithm_kwargs(args.algo, args.env) if tuned else {}
     policy_kwargs = algo_kwargs.pop("policy_kwargs", {})
     policy_kwargs["n_components"] = args.n_components or policy_kwargs.get("n_components", FALLBACK_N_COMPONENTS)
-    policy_kwargs["entropy_method"] = args.entropy_method
+    # The resolved name, not None, goes into the saved model: a later change of the library default must not
+    # silently switch the estimator of a model trained today.
+    policy_kwargs["entropy_method"] = args.entropy_method or policy_kwargs.get("entropy_method") or DEFAULT_METHOD
     algo_kwargs["policy_kwargs"] = policy_kwargs
     if args.ent_coef is not None:
         algo_kwargs["ent_coef"] = args.ent_coef
@@ -263,7 +266,7 @@ def _learn_and_save(args: argparse.Namespace, settings: Dict[str, Any], model: A
         "total_timesteps": settings["total_timesteps"],
         "n_envs": settings["n_envs"],
         "n_components": algo_kwargs["policy_kwargs"]["n_components"],
-        "entropy_method": args.entropy_method,
+        "entropy_method": algo_kwargs["policy_kwargs"]["entropy_method"],
         "ent_coef": getattr(model, "ent_coef", None),
         "tuned_settings": settings["tuned"],
         "hyperparams": hyperparams(args.algo, args.env) if settings["tuned"] else None,

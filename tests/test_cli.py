@@ -12,6 +12,7 @@ from stable_baselines3 import A2C, PPO
 
 from sb3_gmm import GMMActorCriticPolicy
 from sb3_gmm.cli import build_parser, main, resolve_settings
+from sb3_gmm.entropy import DEFAULT_METHOD
 from sb3_gmm.hyperparams import algorithm_kwargs, hyperparams
 
 
@@ -39,6 +40,9 @@ def test_train_saves_model_plot_and_summary(tmp_path):
     assert image.size[0] > 100 and image.size[1] > 100
     model = PPO.load(out / "model.zip")
     assert isinstance(model.policy, GMMActorCriticPolicy) and model.policy.n_components == 3
+    # the estimator is saved by name, so a later change of the library default cannot switch it on load
+    assert summary["entropy_method"] == DEFAULT_METHOD
+    assert model.policy_kwargs["entropy_method"] == DEFAULT_METHOD
     obs = np.array([[1.0, 0.0, 0.0]], dtype=np.float32)
     again = PPO.load(out / "model.zip")
     np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], again.predict(obs, deterministic=True)[0])
@@ -86,7 +90,7 @@ def test_tuned_settings_come_from_the_hyperparams_module_and_options_override_th
     assert (overridden["n_envs"], overridden["total_timesteps"]) == (2, 7)
     untuned = resolve_settings(_parse_train("--env", bandit, "--algo", "a2c"))
     assert not untuned["tuned"] and untuned["algo_kwargs"] == {
-        "policy_kwargs": dict(n_components=4, entropy_method=None)
+        "policy_kwargs": dict(n_components=4, entropy_method=DEFAULT_METHOD)
     }
     assert (untuned["n_envs"], untuned["total_timesteps"]) == (4, 100_000)
 
