@@ -90,7 +90,8 @@ def test_no_figure_outlives_its_record():
     figures_before = count_live(matplotlib.figure.Figure)
     model.learn(8 * 4, callback=callback)
     assert callback.n_records == 8
-    assert count_live(matplotlib.figure.Figure) == figures_before
+    # <=: under pytest-xdist a figure left by an earlier test in the same worker may be freed during learn()
+    assert count_live(matplotlib.figure.Figure) <= figures_before
     check_image(model.logger.name_to_value["gmm/action_density"], n_rows=1, n_columns=1)
     assert count_live(Image) == 1
 
