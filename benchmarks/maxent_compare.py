@@ -554,8 +554,9 @@ def plot_sweep(results: List[Dict[str, Any]], path: Path) -> Optional[Path]:
     configs = present_configs(results, "sweep")
     if not configs:
         return None
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for axis, key in zip(axes, ("coverage", "stochastic_return")):
+    keys = ("coverage", "effective_goals", "stochastic_return")
+    figure, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.8))
+    for axis, key in zip(axes, keys):
         for offset, config in enumerate(configs):
             coefs = [e for e in SUITES["sweep"].ent_coefs if select(results, "sweep", config, e)]
             values = [[r[key] for r in select(results, "sweep", config, e)] for e in coefs]
@@ -565,6 +566,8 @@ def plot_sweep(results: List[Dict[str, Any]], path: Path) -> Optional[Path]:
             yerr = np.abs(intervals - np.array(centres))
             axis.errorbar(x, centres, yerr=yerr, marker="o", capsize=3, label=config)
         axis.set_xscale("log")
+        axis.set_xticks([float(e) for e in SUITES["sweep"].ent_coefs], SUITES["sweep"].ent_coefs)
+        axis.minorticks_off()
         axis.set_xlabel("fixed ent_coef (training rewards scaled by 0.1)")
         axis.set_ylabel(f"{key.replace('_', ' ')} (IQM, 95% CI)")
         axis.grid(alpha=0.3)
