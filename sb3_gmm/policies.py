@@ -19,9 +19,10 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
 from sb3_gmm.distributions import GMMDistribution
+from sb3_gmm.estimator_state import EstimatorStateMixin
 
 
-class GMMPolicyMixin:
+class GMMPolicyMixin(EstimatorStateMixin):
     """Replaces SB3's action distribution with a :class:`GMMDistribution`; shared by every GMM policy.
 
     Only ``Box`` action spaces are supported (any shape: the mixture lives on the flattened action, and SB3 reshapes
@@ -149,6 +150,9 @@ class GMMPolicyMixin:
     def _get_action_dist_from_latent(self, latent_pi: th.Tensor) -> Distribution:
         action_params = self.action_net(latent_pi)
         return self.action_dist.proba_distribution(action_params, getattr(self, "log_std", None))
+
+    def _entropy_distribution(self) -> GMMDistribution:
+        return self.gmm_distribution
 
     def _get_constructor_parameters(self) -> Dict[str, Any]:
         data = super()._get_constructor_parameters()

@@ -34,6 +34,8 @@ def test_one_component_reproduces_sb3_actor(algo, gmm_policy):
     reference = algo("MlpPolicy", "Pendulum-v1", seed=3, policy_kwargs=SMALL)
     mixture = algo(gmm_policy, "Pendulum-v1", seed=3, policy_kwargs=dict(n_components=1, **SMALL))
     reference_state, mixture_state = reference.policy.state_dict(), mixture.policy.state_dict()
+    # the mixture's state also carries its estimator's name (sb3_gmm/estimator_state.py); every tensor is SB3's
+    assert mixture_state.pop("actor._extra_state") == {"entropy_method": mixture.actor.action_dist.entropy_method}
     assert list(reference_state) == list(mixture_state)
     assert all(th.equal(reference_state[key], mixture_state[key]) for key in reference_state)
 

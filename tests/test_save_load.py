@@ -6,11 +6,12 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 import torch as th
 from sb3_contrib import RecurrentPPO
-from stable_baselines3 import PPO
+from stable_baselines3 import PPO, SAC
 
-from sb3_gmm import GMMActorCriticPolicy, GMMRecurrentActorCriticPolicy
+from sb3_gmm import GMMActorCriticPolicy, GMMRecurrentActorCriticPolicy, GMMSACPolicy
 from sb3_gmm.entropy import DEFAULT_METHOD
 
 SMALL_NET = dict(net_arch=dict(pi=[16], vf=[16]))
@@ -157,3 +158,26 @@ def test_policy_saved_with_entropy_method_none_still_loads(tmp_path, monkeypatch
     )
     obs, actions = th.as_tensor(OBS), th.randn(len(OBS), 1)
     assert th.equal(loaded.evaluate_actions(obs, actions)[2], model.policy.evaluate_actions(obs, actions)[2])
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sac"])
+def test_model_keeps_its_estimator_when_the_library_default_changes(algo, tmp_path, monkeypatch):
+    """model.save() stores the user's policy_kwargs (entropy_method None here); the resolved name travels with the
+    weights, so a reload after a change of the default still uses the estimator the model trained with."""
+    import sb3_gmm.entropy
+
+    if algo == "ppo":
+        model = PPO(GMMActorCriticPolicy, "Pendulum-v1", n_steps=64, batch_size=32, seed=0)
+    else:
+        model = SAC(GMMSACPolicy, "Pendulum-v1", learning_starts=10, seed=0)
+    assert model.policy_kwargs.get("entropy_method") is None
+    model.save(tmp_path / "model.zip")
+    other_default = next(name for name in sorted(sb3_gmm.entropy.ESTIMATORS) if name != DEFAULT_METHOD)
+    monkeypatch.setattr(sb3_gmm.entropy, "DEFAULT_METHOD", other_default)
+    loaded = type(model).load(tmp_path / "model.zip")
+    policy = loaded.policy
+    distribution = policy.gmm_distribution if algo == "ppo" else policy.actor.action_dist
+    assert distribution.entropy_method == DEFAULT_METHOD
+    # a fresh model under the patched default does resolve to the other name: the patch took effect
+    fresh = PPO(GMMActorCriticPolicy, "Pendulum-v1", n_steps=64, batch_size=32)
+    assert fresh.policy.entropy_method == other_default

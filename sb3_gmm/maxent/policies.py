@@ -20,6 +20,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from stable_baselines3.sac.policies import LOG_STD_MAX, LOG_STD_MIN, SACPolicy
 from stable_baselines3.sac.policies import Actor as SACActor
 
+from sb3_gmm.estimator_state import EstimatorStateMixin
 from sb3_gmm.maxent.distributions import SquashedGMMDistribution
 
 LOG_PI_CHOICES = ("sample", "estimate")
@@ -49,7 +50,7 @@ def _check_gmm_kwargs(action_space: spaces.Space, init_mean_spread: float, log_p
         )
 
 
-class GMMActorMixin:
+class GMMActorMixin(EstimatorStateMixin):
     """Turns an SB3 SAC-style ``Actor`` into a tanh-squashed Gaussian-mixture actor.
 
     The parent builds its latent network and its ``mu`` / ``log_std`` heads as usual. With ``K = 1`` those heads are
@@ -102,6 +103,9 @@ class GMMActorMixin:
             self.mu, self.log_std, self.mixture_logits = self.action_dist.proba_distribution_net(
                 last_layer_dim, init_mean_spread=self.init_mean_spread
             )
+
+    def _entropy_distribution(self) -> SquashedGMMDistribution:
+        return self.action_dist
 
     def _get_constructor_parameters(self) -> Dict[str, Any]:
         data = super()._get_constructor_parameters()
