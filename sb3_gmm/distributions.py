@@ -9,7 +9,13 @@ from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal, register_kl
 
 from sb3_gmm.entropy import MixtureParams, get_estimator, get_validate_args, mixture_entropy
-from sb3_gmm.mixture import MixtureHeadLayout, component_log_joint, diag_gaussian_kl, mixture_log_prob
+from sb3_gmm.mixture import (
+    MixtureHeadLayout,
+    component_log_joint,
+    diag_gaussian_kl,
+    mixture_log_prob,
+    spread_component_levels,
+)
 
 # Mean-shift steps taken by mode() from the best component mean towards the nearest true peak.
 MODE_REFINEMENT_STEPS = 5
@@ -49,6 +55,28 @@ def soft_clamp(values: th.Tensor, low: float, high: float, margin: float = LOG_S
     above = high - margin * th.exp(-(values - inner_high).clamp(min=0.0) / margin)
     below = low + margin * th.exp(-(inner_low - values).clamp(min=0.0) / margin)
     return th.where(values > inner_high, above, th.where(values < inner_low, below, values))
+
+
+def resolve_entropy_settings(
+    entropy_method: Optional[str], entropy_kwargs: Optional[Dict[str, Any]]
+) -> Tuple[str, Dict[str, Any]]:
+    """Check an estimator choice and its options; return the resolved name (None: the library default) and a copy.
+
+    :param entropy_method: a method of :data:`sb3_gmm.entropy.ESTIMATORS` or None
+    :param entropy_kwargs: its options, or None
+    """
+    if entropy_kwargs is not None and not isinstance(entropy_kwargs, dict):
+        raise ValueError(f"entropy_kwargs must be a dict of estimator options, got {type(entropy_kwargs).__name__}")
+    entropy_kwargs = dict(entropy_kwargs or {})
+    try:
+        estimator = get_estimator(entropy_method)
+    except ValueError as error:
+        raise ValueError(f"entropy_method: {error}") from None
+    try:
+        estimator.resolve_options(entropy_kwargs)
+    except ValueError as error:
+        raise ValueError(f"entropy_kwargs: {error}") from None
+    return estimator.name, entropy_kwargs
 
 
 class GMMTorchDistribution(MixtureSameFamily):
@@ -121,21 +149,11 @@ class GMMDistribution(Distribution):
                 f"log_std_min must be below log_std_max (both finite), got log_std_min={log_std_min!r}, "
                 f"log_std_max={log_std_max!r}"
             )
-        if entropy_kwargs is not None and not isinstance(entropy_kwargs, dict):
-            raise ValueError(f"entropy_kwargs must be a dict of estimator options, got {type(entropy_kwargs).__name__}")
-        self.entropy_kwargs = dict(entropy_kwargs or {})
         # Resolve now so a typo in the method or its options fails when the policy is built, not mid-training.
-        try:
-            estimator = get_estimator(entropy_method)
-        except ValueError as error:
-            raise ValueError(f"entropy_method: {error}") from None
-        try:
-            estimator.resolve_options(self.entropy_kwargs)
-        except ValueError as error:
-            raise ValueError(f"entropy_kwargs: {error}") from None
+        entropy_method, self.entropy_kwargs = resolve_entropy_settings(entropy_method, entropy_kwargs)
         self.action_dim = action_dim
         self.n_components = n_components
-        self.entropy_method = estimator.name
+        self.entropy_method = entropy_method
         self.state_dependent_std = state_dependent_std
         # Where logits, means and log stds sit in the action head's output.
         self.layout = MixtureHeadLayout(n_components, action_dim, state_dependent_std)
@@ -188,9 +206,9 @@ class GMMDistribution(Distribution):
         with th.no_grad():
             action_net.bias.zero_()
             if n_components > 1:
-                levels = th.linspace(-init_mean_spread, init_mean_spread, n_components)
-                spread = th.stack([levels[th.randperm(n_components)] for _ in range(dim)], dim=-1)
-                action_net.bias[layout.means_slice] = spread.reshape(-1)
+                action_net.bias[layout.means_slice] = spread_component_levels(
+                    n_components, dim, init_mean_spread
+                ).reshape(-1)
             if self.state_dependent_std:
                 action_net.bias[layout.log_stds_slice] = float(log_std_init)
 

@@ -7,7 +7,7 @@ state dict, as torch's module "extra state", and wins on load.
 
 from typing import Any, Dict, Optional
 
-from sb3_gmm.entropy import get_estimator
+from sb3_gmm.distributions import resolve_entropy_settings
 
 
 class EstimatorStateMixin:
@@ -30,7 +30,7 @@ class EstimatorStateMixin:
         distribution = self._entropy_distribution()
         name = state["entropy_method"]
         try:
-            get_estimator(name).resolve_options(distribution.entropy_kwargs)
+            resolve_entropy_settings(name, distribution.entropy_kwargs)
         except ValueError as error:
             raise ValueError(
                 f"the saved model was trained with entropy_method={name!r}, which this version cannot use: {error}"

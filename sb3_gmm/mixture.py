@@ -110,3 +110,18 @@ def diag_gaussian_kl(means_p: th.Tensor, log_stds_p: th.Tensor, means_q: th.Tens
     log_variance_ratio = 2.0 * (log_stds_q - log_stds_p)  # log s_q^2 / s_p^2
     scaled_difference = (means_p - means_q) * th.exp(-log_stds_q)
     return 0.5 * (th.exp(-log_variance_ratio) + scaled_difference.square() - 1.0 + log_variance_ratio)
+
+
+def spread_component_levels(n_components: int, dim: int, spread: float) -> th.Tensor:
+    """``[K, D]`` initial component means: K evenly spaced levels of ``[-spread, spread]``, shuffled per dimension.
+
+    With SB3's head init (small weights, zero bias) every component would start at the same mean, get the same
+    gradient and stay identical. Shuffled levels make components differ in every dimension without lining up on the
+    diagonal. Uses the global torch random stream (one permutation per dimension).
+
+    :param n_components: number of components K
+    :param dim: action dimension D
+    :param spread: half-width of the levels; 0 puts every level at 0
+    """
+    levels = th.linspace(-spread, spread, n_components)
+    return th.stack([levels[th.randperm(n_components)] for _ in range(dim)], dim=-1)

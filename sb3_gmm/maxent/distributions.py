@@ -25,10 +25,11 @@ import torch as th
 from stable_baselines3.common.distributions import Distribution, TanhBijector
 from torch import nn
 
-from sb3_gmm.entropy import MixtureParams, get_estimator, mixture_entropy
+from sb3_gmm.distributions import resolve_entropy_settings
+from sb3_gmm.entropy import MixtureParams, mixture_entropy
 from sb3_gmm.entropy.quadrature import gauss_hermite_points
 from sb3_gmm.maxent.reparam import implicit_mixture_sample
-from sb3_gmm.mixture import component_log_joint, mixture_log_prob
+from sb3_gmm.mixture import component_log_joint, mixture_log_prob, spread_component_levels
 
 LOG_2 = math.log(2.0)
 # Expected log-Jacobian: Gauss-Hermite in the standardised variable up to this std, Gauss-Legendre in x above it.
@@ -154,22 +155,12 @@ class SquashedGMMDistribution(Distribution):
             )
         if isinstance(action_dim, bool) or not isinstance(action_dim, int) or action_dim < 1:
             raise ValueError(f"action_dim must be a positive int, got {action_dim!r}")
-        if entropy_kwargs is not None and not isinstance(entropy_kwargs, dict):
-            raise ValueError(f"entropy_kwargs must be a dict of estimator options, got {type(entropy_kwargs).__name__}")
         # Resolve now so a typo in the method or its options fails when the actor is built, not mid-training.
-        try:
-            estimator = get_estimator(entropy_method)
-        except ValueError as error:
-            raise ValueError(f"entropy_method: {error}") from None
-        self.entropy_kwargs = dict(entropy_kwargs or {})
-        try:
-            estimator.resolve_options(self.entropy_kwargs)
-        except ValueError as error:
-            raise ValueError(f"entropy_kwargs: {error}") from None
+        entropy_method, self.entropy_kwargs = resolve_entropy_settings(entropy_method, entropy_kwargs)
         self.action_dim = action_dim
         self.n_components = n_components
         # The resolved name: a saved model keeps its estimator if the library default changes.
-        self.entropy_method = estimator.name
+        self.entropy_method = entropy_method
         self.validate_args = validate_args
         self.logits: Optional[th.Tensor] = None
         self.means: Optional[th.Tensor] = None
@@ -341,17 +332,3 @@ class SquashedGMMDistribution(Distribution):
         """Sample squashed actions and return them with their exact log density (SAC's single-sample log pi)."""
         actions = self.actions_from_params(mean_actions, log_std, logits)
         return actions, self.log_prob(actions, self.gaussian_actions)
-
-
-def spread_component_levels(n_components: int, dim: int, spread: float) -> th.Tensor:
-    """``[K, D]`` initial component means: K evenly spaced levels of ``[-spread, spread]``, shuffled per dimension.
-
-    As in :meth:`sb3_gmm.distributions.GMMDistribution.init_head_bias`: components then differ in every dimension
-    without lining up on the diagonal. Uses the global torch random stream (one permutation per dimension).
-
-    :param n_components: number of components K
-    :param dim: action dimension D
-    :param spread: half-width of the levels; 0 puts every level at 0
-    """
-    levels = th.linspace(-spread, spread, n_components)
-    return th.stack([levels[th.randperm(n_components)] for _ in range(dim)], dim=-1)
