@@ -57,6 +57,38 @@ def soft_clamp(values: th.Tensor, low: float, high: float, margin: float = LOG_S
     return th.where(values > inner_high, above, th.where(values < inner_low, below, values))
 
 
+def check_finite_mixture_parameters(owner: str, parts: Dict[str, th.Tensor], batch_dims: int) -> None:
+    """Raise a ValueError naming the first batch index whose mixture parameters contain NaN or inf.
+
+    One reduction and one device sync on the happy path (any NaN or inf makes the sum non-finite); the element-wise
+    search runs only to name the culprit, and passes if the sum merely overflowed.
+
+    :param owner: the distribution's name, for the message
+    :param parts: per-state parameters by name (e.g. logits, means, log stds), each with ``batch_dims`` leading
+        batch axes
+    :param batch_dims: number of leading batch axes shared by every part
+    """
+    total = sum(part.detach().sum() for part in parts.values())
+    if math.isfinite(float(total)):
+        return
+    with th.no_grad():
+        finite_parts = {
+            name: th.isfinite(part).reshape(*part.shape[:batch_dims], -1).all(-1) for name, part in parts.items()
+        }
+        bad_states = ~th.stack(list(finite_parts.values())).all(0)
+        if not bool(bad_states.any()):
+            return
+        first_bad = tuple(bad_states.nonzero()[0].tolist())
+        bad_parts = [name for name, finite in finite_parts.items() if not bool(finite[first_bad])]
+        index = first_bad[0] if len(first_bad) == 1 else first_bad
+        raise ValueError(
+            f"{owner}: the mixture parameters from the policy network are non-finite (NaN or inf) at "
+            f"batch index {index} ({', '.join(bad_parts)}; {int(bad_states.sum())} of {bad_states.numel()} "
+            f"states affected); {NON_FINITE_CAUSES}. (This check follows validate_args / the policy's "
+            "entropy_validate_args, or sb3_gmm.entropy.validation / set_validate_args when those are None.)"
+        )
+
+
 def resolve_entropy_settings(
     entropy_method: Optional[str], entropy_kwargs: Optional[Dict[str, Any]]
 ) -> Tuple[str, Dict[str, Any]]:
@@ -267,12 +299,11 @@ class GMMDistribution(Distribution):
         :param action_params: head output ``[..., n_params]``
         :param log_std: the ``[K, D]`` log-std parameter when stds are state independent, else None
         """
-        # One reduction and one device sync on the happy path (any NaN or inf makes the sum non-finite); the
-        # element-wise search below runs only to name the culprit, and passes if the sum merely overflowed.
+        # The happy path is this one reduction and one sync, the shared log stds included.
         total = action_params.detach().sum()
         if log_std is not None:
             total = total + log_std.detach().sum()
-        if math.isfinite(total.item()):
+        if math.isfinite(float(total)):
             return
         with th.no_grad():
             if log_std is not None and not bool(th.isfinite(log_std).all()):
@@ -280,23 +311,11 @@ class GMMDistribution(Distribution):
                     "GMMDistribution: the log_std parameter (the [K, D] log stds shared by every state) is non-finite "
                     f"(NaN or inf), so the mixture parameters of every state are; {NON_FINITE_CAUSES}"
                 )
-            finite = th.isfinite(action_params)
-            bad_states = ~finite.all(-1)
-            if not bool(bad_states.any()):
-                return
-            first_bad = tuple(bad_states.nonzero()[0].tolist())
-            layout = self.layout
-            columns = {"logits": slice(0, self.n_components), "means": layout.means_slice}
-            if self.state_dependent_std:
-                columns["log stds"] = layout.log_stds_slice
-            bad_parts = [name for name, part in columns.items() if not bool(finite[first_bad][part].all())]
-            index = first_bad[0] if len(first_bad) == 1 else first_bad
-            raise ValueError(
-                f"GMMDistribution: the mixture parameters from the policy network are non-finite (NaN or inf) at "
-                f"batch index {index} ({', '.join(bad_parts)}; {int(bad_states.sum())} of {bad_states.numel()} "
-                f"states affected); {NON_FINITE_CAUSES}. (This check follows validate_args / the policy's "
-                "entropy_validate_args, or sb3_gmm.entropy.validation / set_validate_args when those are None.)"
-            )
+        layout = self.layout
+        parts = {"logits": action_params[..., : self.n_components], "means": action_params[..., layout.means_slice]}
+        if self.state_dependent_std:
+            parts["log stds"] = action_params[..., layout.log_stds_slice]
+        check_finite_mixture_parameters("GMMDistribution", parts, batch_dims=action_params.dim() - 1)
 
     def _require_bound(self, method: str) -> None:
         """Raise a clear error when ``method`` is called before any parameters were bound."""

@@ -13,6 +13,7 @@ from sb3_contrib import TQC, CrossQ
 from stable_baselines3 import SAC
 
 import sb3_gmm
+from sb3_gmm.entropy import validation
 from sb3_gmm.maxent import (
     GMMCrossQPolicy,
     GMMSACCnnPolicy,
@@ -210,3 +211,20 @@ def test_save_and_load_in_a_fresh_process_gives_identical_actions(tmp_path):
         assert np.array_equal(np.array(loaded[name]["stochastic"], dtype=np.float32), stochastic)
         assert np.array_equal(np.array(loaded[name]["deterministic"], dtype=np.float32), deterministic)
         assert loaded[name]["kwargs"] == dict(n_components=3, log_pi="estimate")
+
+
+def test_nan_observation_is_named_before_an_action_reaches_the_env():
+    """The squashed mixture checks its parameters at bind time, so predict() raises instead of returning NaN."""
+    model = SAC(GMMSACPolicy, "Pendulum-v1", seed=0, policy_kwargs=dict(n_components=3, **SMALL))
+    observations = np.zeros((4, 3), dtype=np.float32)
+    observations[2, 1] = np.nan
+    for deterministic in (False, True):
+        with pytest.raises(
+            ValueError, match=r"non-finite \(NaN or inf\) at batch index 2 \(logits, means, log stds; 1 of 4"
+        ):
+            model.predict(observations, deterministic=deterministic)
+    with pytest.raises(ValueError, match="batch index 2"):
+        model.actor.action_log_prob(th.as_tensor(observations))
+    with validation(False):  # switched off, as the library-wide validation switch promises
+        actions, _ = model.predict(observations)
+    assert np.isnan(actions[2]).all() and np.isfinite(np.delete(actions, 2, axis=0)).all()

@@ -25,8 +25,8 @@ import torch as th
 from stable_baselines3.common.distributions import Distribution, TanhBijector
 from torch import nn
 
-from sb3_gmm.distributions import resolve_entropy_settings
-from sb3_gmm.entropy import MixtureParams, mixture_entropy
+from sb3_gmm.distributions import check_finite_mixture_parameters, resolve_entropy_settings
+from sb3_gmm.entropy import MixtureParams, get_validate_args, mixture_entropy
 from sb3_gmm.entropy.quadrature import gauss_hermite_points
 from sb3_gmm.maxent.reparam import implicit_mixture_sample
 from sb3_gmm.mixture import component_log_joint, mixture_log_prob, spread_component_levels
@@ -134,8 +134,8 @@ class SquashedGMMDistribution(Distribution):
     :param entropy_method: estimator of the pre-squash entropy, a name of :data:`sb3_gmm.entropy.ESTIMATORS`;
         None uses the library default
     :param entropy_kwargs: options of that estimator (e.g. ``dict(n_points=32)``), checked here
-    :param validate_args: check the mixture parameters in every entropy call; None follows
-        :func:`sb3_gmm.entropy.set_validate_args`
+    :param validate_args: check, once per :meth:`proba_distribution`, that the network's mixture parameters are
+        finite (one reduction and one device sync per batch); None follows :func:`sb3_gmm.entropy.get_validate_args`
     """
 
     squashed = True
@@ -221,6 +221,10 @@ class SquashedGMMDistribution(Distribution):
             logits = th.zeros((*batch_shape, 1), dtype=means.dtype, device=means.device)
         elif logits.shape != (*batch_shape, n_components):
             raise ValueError(f"logits must have shape {(*batch_shape, n_components)}, got {tuple(logits.shape)}")
+        if get_validate_args() if self.validate_args is None else self.validate_args:
+            # At bind time, so NaN never reaches sample(), mode() and hence the environment.
+            parts = {"logits": logits, "means": means, "log stds": log_stds}
+            check_finite_mixture_parameters("SquashedGMMDistribution", parts, batch_dims=len(batch_shape))
         self.logits = logits
         self.means = means
         self.log_stds = log_stds
@@ -248,9 +252,8 @@ class SquashedGMMDistribution(Distribution):
     def gaussian_entropy(self) -> th.Tensor:
         """The configured estimate of the pre-squash mixture's entropy ``H(u)``, shape ``[B]``."""
         params = MixtureParams(self.log_weights, self.means, self.stds, self.log_stds)
-        return mixture_entropy(
-            params, method=self.entropy_method, validate_args=self.validate_args, **self.entropy_kwargs
-        )
+        # Checked once at bind time (proba_distribution), not again here.
+        return mixture_entropy(params, method=self.entropy_method, validate_args=False, **self.entropy_kwargs)
 
     def expected_log_jacobian(self) -> th.Tensor:
         """``E_u[sum_d log(1 - tanh(u_d)^2)] = sum_k w_k sum_d E_{N(mu_kd, s_kd^2)}[...]`` by quadrature, ``[B]``."""
