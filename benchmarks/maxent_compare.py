@@ -8,6 +8,7 @@ Suites (each run is one JSON file under ``--out``, so an interrupted grid resume
   goals ``--eval-episodes`` stochastic rollouts from the start state reach.
 - ``sweep``: the same task at fixed temperatures (``ent_coef`` 0.02, 0.1, 0.5), SAC Gaussian vs SAC GMM K = 4.
 - ``pendulum``: ``Pendulum-v1`` with the zoo's SAC settings (20k steps, learning rate 1e-3), Gaussian vs GMM.
+- ``lunar``: ``LunarLanderContinuous-v3`` with the tuned SAC settings at 100k steps, Gaussian vs GMM.
 - ``throughput``: SAC GMM K = 4 fps over SAC ``MlpPolicy`` fps on Pendulum, the two trained in alternation in one
   process; the ratio is the median over rounds.
 
@@ -97,6 +98,16 @@ class Task:
     eval_episodes: Dict[str, int] = field(default_factory=lambda: {"tiny": 4, "full": 10})
 
 
+def _tuned_sac_kwargs(env_id: str) -> Dict[str, Any]:
+    """The tuned SAC keyword arguments of ``env_id`` without the choices each run makes (mixture size, temperature)."""
+    from sb3_gmm.hyperparams import algorithm_kwargs
+
+    kwargs = algorithm_kwargs("sac", env_id)
+    kwargs.pop("ent_coef", None)
+    kwargs["policy_kwargs"] = {k: v for k, v in kwargs["policy_kwargs"].items() if k not in ("n_components",)}
+    return kwargs
+
+
 TASKS: Dict[str, Task] = {
     # softlearning's multigoal example: 128x128 networks, learning rate 3e-4, batch 64, rewards scaled by 0.1 in
     # training (returns are reported unscaled); SB3's soft target updates instead of its hard ones every 1000 steps.
@@ -113,6 +124,15 @@ TASKS: Dict[str, Task] = {
     # rl-zoo3's sac.yml / tqc.yml entry for Pendulum-v1: 20k steps, learning rate 1e-3, everything else default.
     "pendulum": Task(
         "Pendulum-v1", "pendulum", timesteps={"tiny": 300, "full": 20_000}, algo_kwargs=dict(learning_rate=1e-3)
+    ),
+    # The project's tuned SAC entry (sb3_gmm.hyperparams, rl-zoo3's settings: 400x300 networks, batch 256, 10k warm-up
+    # steps, learning rate lin_7.3e-4) at 100k steps instead of the zoo's 500k, which 2 CPU cores cannot afford for
+    # 10 runs. The linear schedule decays over the 100k steps, for both actors alike.
+    "lunar": Task(
+        "LunarLanderContinuous-v3",
+        "lunar",
+        timesteps={"tiny": 300, "full": 100_000},
+        algo_kwargs=_tuned_sac_kwargs("LunarLanderContinuous-v3"),
     ),
 }
 
@@ -132,6 +152,7 @@ SUITES: Dict[str, Suite] = {
     ),
     "sweep": Suite("multigoal", ("sac-gaussian", "sac-gmm4"), ("0.02", "0.1", "0.5")),
     "pendulum": Suite("pendulum", ("sac-gaussian", "sac-gmm4"), ("auto",)),
+    "lunar": Suite("lunar", ("sac-gaussian", "sac-gmm4"), ("auto",)),
 }
 
 
@@ -338,13 +359,22 @@ def run_grid(specs: List[RunSpec], budget: str, out_dir: Path) -> None:
     start = time.perf_counter()
     for done, spec in enumerate(todo, start=1):
         path = out_dir / f"{spec.key}.json"
+        # A claim file lets several processes share one grid (one per core): each run goes to whoever claims it
+        # first. A killed process leaves its claim behind; delete the *.claim files before resuming such a grid.
+        claim = path.with_suffix(".claim")
+        try:
+            os.close(os.open(claim, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            continue
         try:
             result = run_one(spec, budget, code_commit)
         except Exception as error:  # keep the grid going; the report lists failed runs
             path.with_suffix(".failed").write_text(f"{type(error).__name__}: {error}\n")
             print(f"[{done}/{len(todo)}] {spec.key}: FAILED {type(error).__name__}: {error}", flush=True)
+            claim.unlink()
             continue
         path.write_text(json.dumps(result))
+        claim.unlink()
         elapsed = (time.perf_counter() - start) / 60
         print(f"[{done}/{len(todo)} {elapsed:.1f} min] {spec.key}: {result['wall_seconds']:.0f}s", flush=True)
 
