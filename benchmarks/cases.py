@@ -28,15 +28,22 @@ MAX_STD_RATIO = 4.0
 ONE_HOT_LOGIT_GAP = 8.0
 # "far" components sit at least this many typical stds apart along a line: disjoint to float64 precision.
 FAR_GAP = 40.0
+# narrow_heavy: the dominant component's weight, and how much narrower it is than the others in one dimension (a
+# policy that has converged in one action dimension but not the others). Narrowing every dimension is the easy case:
+# the heavy component then decouples from the wide ones (docs/qmc_design.md, narrow inside wide).
+NARROW_HEAVY_WEIGHT = 0.7
+NARROW_STD_RATIO = 32.0
 # Every kind, in a fixed order: the position seeds the kind's random stream, so append new kinds at the end.
 # sep<s>: means offset by s typical stds (stds differ); concentric: one centre, widths 1x..MAX_STD_RATIO x;
 # one_hot*: one logit ONE_HOT_LOGIT_GAP above the rest; coincident: identical components; far: disjoint ones
-# (these two draw from the streams of sep0 and sep8: the same mixtures made identical or pulled apart).
+# (these two draw from the streams of sep0 and sep8: the same mixtures made identical or pulled apart);
+# narrow_heavy: one heavy component (weight NARROW_HEAVY_WEIGHT), NARROW_STD_RATIO x narrower in one dimension, inside
+# light, wide ones (means 0.5 typical stds apart).
 ALL_KINDS: Tuple[str, ...] = (
     *("sep0", "sep0.5", "sep2", "sep8", "concentric", "one_hot", "one_hot_concentric"),
-    *("single", "coincident", "far"),
+    *("single", "coincident", "far", "narrow_heavy"),
 )
-FULL_KINDS: Tuple[str, ...] = ALL_KINDS[:7]  # the benchmark suite per (D, K > 1)
+FULL_KINDS: Tuple[str, ...] = (*ALL_KINDS[:7], "narrow_heavy")  # the benchmark suite per (D, K > 1)
 QUICK_KINDS: Tuple[str, ...] = ("sep0.5", "concentric", "one_hot")
 
 
@@ -113,6 +120,10 @@ def _draw_geometry(rng: np.random.Generator, kind: str, n_components: int, centr
         offsets = FAR_GAP * typical_std * np.arange(n_components)[:, None] * direction / np.linalg.norm(direction)
         means = centre + rng.permutation(offsets)
         return means + 0.5 * typical_std * rng.normal(size=(n_components, dim)), stds, FAR_GAP
+    if kind == "narrow_heavy":
+        # Component 0 is the heavy, narrow one (make_case sets its weight).
+        stds[0, rng.integers(dim)] /= NARROW_STD_RATIO
+        return centre + 0.5 * typical_std * rng.normal(size=(n_components, dim)), stds, 0.5
     separation = 2.0 if kind in ("one_hot", "single") else float(kind[3:])
     return centre + separation * typical_std * rng.normal(size=(n_components, dim)), stds, separation
 
@@ -139,6 +150,10 @@ def make_case(dim: int, n_components: int, kind: str, seed: int = 0) -> MixtureC
         dominant = int(rng.integers(n_components))
         logits = logits - logits.max()
         logits[dominant] = ONE_HOT_LOGIT_GAP
+    if kind == "narrow_heavy":
+        # Weight NARROW_HEAVY_WEIGHT on component 0, the rest shared as their drawn logits say.
+        light = np.log1p(-NARROW_HEAVY_WEIGHT) + logits[1:] - np.logaddexp.reduce(logits[1:])
+        logits = np.concatenate([[math.log(NARROW_HEAVY_WEIGHT)], light])
     return MixtureCase(
         name=f"D{dim}-K{n_components}-{kind}" + (f"-s{seed}" if seed else ""),
         kind=kind,
