@@ -10,6 +10,7 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from sb3_gmm.entropy import MixtureParams, get_estimator, get_validate_args, mixture_entropy
 from sb3_gmm.mixture import (
+    LOG_2PI,
     MixtureHeadLayout,
     component_log_joint,
     diag_gaussian_kl,
@@ -158,6 +159,11 @@ class GMMDistribution(Distribution):
         reduction and one device sync per batch); None follows :func:`sb3_gmm.entropy.get_validate_args` (this
         thread's :func:`sb3_gmm.entropy.validation` block, else :func:`sb3_gmm.entropy.set_validate_args`; on unless
         switched off)
+    :param entropy_in_loss: False makes :meth:`entropy` return None, SB3's convention for a distribution without an
+        entropy (SAC's squashed Gaussian): PPO and A2C then skip the estimator and put ``-log_prob`` of the batch's
+        actions in its place. Meant for ``ent_coef=0``, where the estimate would only feed the logged
+        ``train/entropy_loss`` yet costs most of the mixture's overhead (docs/performance.md).
+        :meth:`entropy_estimate` computes the estimate either way
     """
 
     def __init__(
@@ -170,8 +176,11 @@ class GMMDistribution(Distribution):
         log_std_min: float = -5.0,
         log_std_max: float = 2.0,
         validate_args: Optional[bool] = None,
+        entropy_in_loss: bool = True,
     ):
         super().__init__()
+        if not isinstance(entropy_in_loss, bool):
+            raise ValueError(f"entropy_in_loss must be True or False, got {entropy_in_loss!r}")
         if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
             raise ValueError(f"n_components must be a positive int (1 gives a plain Gaussian), got {n_components!r}")
         if isinstance(action_dim, bool) or not isinstance(action_dim, int) or action_dim < 1:
@@ -192,6 +201,7 @@ class GMMDistribution(Distribution):
         self.log_std_min = float(log_std_min)
         self.log_std_max = float(log_std_max)
         self.validate_args = validate_args
+        self.entropy_in_loss = entropy_in_loss
         self.logits: Optional[th.Tensor] = None
         self.means: Optional[th.Tensor] = None
         self.stds: Optional[th.Tensor] = None
@@ -284,7 +294,8 @@ class GMMDistribution(Distribution):
         self.logits = logits
         self.means = means
         self.stds = compact_stds.expand(*batch_shape, n_components, dim)
-        self._log_weights = th.log_softmax(logits, dim=-1)
+        # One component: log_softmax of a single logit is exactly 0 with a zero gradient; skip the recorded op.
+        self._log_weights = th.log_softmax(logits, dim=-1) if n_components > 1 else th.zeros_like(logits)
         self._log_stds = log_stds
         self._compact_stds = compact_stds
         return self
@@ -342,11 +353,29 @@ class GMMDistribution(Distribution):
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
         """Exact log density of ``actions [B, D]`` under the mixture (logsumexp over components), shape ``[B]``."""
         self._require_bound("log_prob")
+        if self.n_components == 1:
+            # The Gaussian's density without the mixture's component axis and logsumexp: fewer recorded ops on the
+            # path every PPO minibatch takes (per-op overhead, not arithmetic, is the cost at these sizes).
+            scaled = (actions - self.means[..., 0, :]) / self._compact_stds[..., 0, :]
+            log_normaliser = self._log_stds[..., 0, :].sum(-1) + 0.5 * self.action_dim * LOG_2PI
+            return -0.5 * scaled.square().sum(-1) - log_normaliser
         return mixture_log_prob(actions, self._log_weights, self.means, self._compact_stds, log_stds=self._log_stds)
 
-    def entropy(self) -> th.Tensor:
-        """Entropy estimate ``[B]`` from :func:`sb3_gmm.entropy.gmm_entropy` with the configured method."""
+    def entropy(self) -> Optional[th.Tensor]:
+        """Entropy estimate ``[B]`` (:meth:`entropy_estimate`), or None with ``entropy_in_loss=False``."""
         self._require_bound("entropy")
+        if not self.entropy_in_loss:
+            return None
+        return self.entropy_estimate()
+
+    def entropy_estimate(self) -> th.Tensor:
+        """Entropy estimate ``[B]`` from :func:`sb3_gmm.entropy.gmm_entropy` with the configured method."""
+        self._require_bound("entropy_estimate")
+        if self.n_components == 1 and get_estimator(self.entropy_method).exact_for_single_gaussian:
+            # The estimator returns the Gaussian closed form for one component anyway; skip its dispatch.
+            batch_shape = self.logits.shape[:-1]
+            gaussian_entropy = self._log_stds[..., 0, :].sum(-1) + 0.5 * self.action_dim * (1.0 + LOG_2PI)
+            return gaussian_entropy.expand(batch_shape)
         params = MixtureParams(self._log_weights, self.means, self.stds, self._log_stds.expand_as(self.means))
         # proba_distribution has already checked these parameters (when validation is on) and built them with the
         # right shapes: checking again here would cost a second device sync per batch.

@@ -34,6 +34,9 @@ POLICY_NAMES: Dict[str, str] = {
     "tqc": "GMMTQCPolicy",
 }
 
+# Algorithms whose loss adds ent_coef * entropy (the GMM policy's entropy_in_loss option matters only to them).
+ENTROPY_BONUS_ALGORITHMS = ("ppo", "a2c", "ppo_lstm")
+
 # The GMM options a hyperparameter search tries (sb3_gmm.zoo for rl-zoo3's -optimize, examples/optuna_search.py).
 SEARCHED_N_COMPONENTS = (1, 2, 4, 8)
 SEARCHED_ENTROPY_METHODS = ("qmc", "pairwise_bhattacharyya", "component_average", "legendre")
@@ -372,7 +375,11 @@ def hyperparams(algo: str, env_id: str) -> Dict[str, Any]:
             f"env_id={env_id!r} has no tuned {algo} settings; choose one of {tuned_env_ids(algo)} "
             "or pass the hyperparameters yourself"
         )
-    return copy.deepcopy(_HYPERPARAMS[algo][env_id])
+    entry = copy.deepcopy(_HYPERPARAMS[algo][env_id])
+    if algo in ENTROPY_BONUS_ALGORITHMS and entry.get("ent_coef", 0.0) == 0.0:
+        # Without an entropy bonus the estimate would only be logged: skip it (same training, less time per update).
+        entry["policy_kwargs"]["entropy_in_loss"] = False
+    return entry
 
 
 def linear_schedule(initial_value: float) -> Callable[[float], float]:

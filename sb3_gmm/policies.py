@@ -51,6 +51,11 @@ class GMMPolicyMixin(EstimatorStateMixin):
     :param entropy_validate_args: check that the mixture parameters from the network are finite on every forward
         pass (rollout and training), so NaN raises a ValueError instead of reaching the env; None (default) follows
         ``sb3_gmm.entropy.get_validate_args`` (a ``sb3_gmm.entropy.validation(False)`` block, or set_validate_args)
+    :param entropy_in_loss: True (default): ``evaluate_actions`` returns the entropy estimate. False: it returns
+        None, as SB3 does for distributions without an entropy, so PPO and A2C skip the estimator (they put
+        ``-log_prob`` of the batch's actions in its place). Set it False with ``ent_coef=0`` (PPO's default), where
+        the estimate only feeds the logged ``train/entropy_loss``: training is then bit for bit the same, and faster
+        (docs/performance.md). The gmm/entropy diagnostic still reports the estimate
     """
 
     # The action distribution built in __init__; a subclass may set a GMMDistribution subclass here.
@@ -71,6 +76,7 @@ class GMMPolicyMixin(EstimatorStateMixin):
         log_std_max: float = 2.0,
         init_mean_spread: float = 0.5,
         entropy_validate_args: Optional[bool] = None,
+        entropy_in_loss: bool = True,
         use_sde: bool = False,
         **kwargs: Any,
     ):
@@ -99,6 +105,7 @@ class GMMPolicyMixin(EstimatorStateMixin):
             log_std_min=log_std_min,
             log_std_max=log_std_max,
             validate_args=entropy_validate_args,
+            entropy_in_loss=entropy_in_loss,
         )
         self.init_mean_spread = float(init_mean_spread)
         super().__init__(observation_space, action_space, lr_schedule, *args, log_std_init=log_std_init, **kwargs)
@@ -168,6 +175,7 @@ class GMMPolicyMixin(EstimatorStateMixin):
             log_std_max=self.gmm_distribution.log_std_max,
             init_mean_spread=self.init_mean_spread,
             entropy_validate_args=self.gmm_distribution.validate_args,
+            entropy_in_loss=self.gmm_distribution.entropy_in_loss,
         )
         return data
 
