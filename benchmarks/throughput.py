@@ -8,6 +8,12 @@ Pendulum-v1 with the zoo's PPO settings (``sb3_gmm.hyperparams``: n_envs 4, n_st
 no gSDE); model construction is not timed. Time spent in ``collect_rollouts`` (acting) and ``train`` (the PPO update,
 where the entropy estimate is computed) is recorded separately.
 
+Three entropy settings of the GMM side: ``ent_coef`` 0.01, ``ent_coef`` 0, and ``ent_coef`` 0 with
+``entropy_in_loss=False`` (what the shipped zoo configs and the CLI use at ``ent_coef`` 0: the estimator is skipped).
+A SAC section measures SAC with ``GMMSACPolicy`` (K = 4) over SAC with ``MlpPolicy`` the same way
+(``benchmarks.maxent_compare.measure_throughput``). ``--before`` renders a before/after table from a run of this
+script on an older commit (``git worktree add``; settings the old code refuses show as refused).
+
 A method that raises (e.g. refuses a K) is reported as refused; one whose first measurement is slower than
 ``--too-slow`` times the baseline is reported as too slow and not repeated.
 
@@ -15,6 +21,7 @@ Usage::
 
     python -m benchmarks.throughput --repeats 3 --write    # the table in docs/performance.md (~15-25 min)
     python -m benchmarks.throughput --components 4 --methods default --repeats 3   # the headline number only
+    python -m benchmarks.throughput --render docs/data/throughput.json --before docs/data/throughput_before.json --write
 """
 
 import argparse
@@ -44,7 +51,16 @@ PPO_SETTINGS: Dict[str, Any] = {
     if key not in ("ent_coef", "policy_kwargs")
 }
 N_ENVS = hyperparams("ppo", "Pendulum-v1")["n_envs"]
-TARGET_RATIO = 0.85
+# GMM fps / MlpPolicy fps wanted with the default estimator, per K (issue 12), and for SAC-GMM K = 4 over SAC.
+TARGET_RATIOS: Dict[int, float] = {1: 0.97, 4: 0.90, 8: 0.85}
+SAC_TARGET_RATIO = 0.85
+# The GMM side's entropy settings: name -> (ent_coef, entropy_in_loss).
+ENTROPY_SETTINGS: Dict[str, Tuple[float, bool]] = {"0.01": (0.01, True), "0": (0.0, True), "0-skip": (0.0, False)}
+SETTING_LABELS: Dict[str, str] = {
+    "0.01": "ent_coef = 0.01",
+    "0": "ent_coef = 0",
+    "0-skip": "ent_coef = 0 with entropy_in_loss=False (the zoo configs' setting at ent_coef 0)",
+}
 WARM_UP_CALLS = 20
 
 
@@ -79,19 +95,21 @@ def timed_learn(
     return {"fps": model.num_timesteps / total, "seconds": total, **seconds}
 
 
-def gmm_kwargs(n_components: int, method: str) -> Dict[str, Any]:
+def gmm_kwargs(n_components: int, method: str, entropy_in_loss: bool = True) -> Dict[str, Any]:
     kwargs: Dict[str, Any] = {"n_components": n_components}
     if method != "default":
         kwargs["entropy_method"] = method
+    if not entropy_in_loss:
+        kwargs["entropy_in_loss"] = False
     return kwargs
 
 
-def config_key(n_components: int, method: str, ent_coef: float) -> str:
-    return f"K{n_components}-{method}-ent{ent_coef:g}"
+def config_key(n_components: int, method: str, setting: str) -> str:
+    return f"K{n_components}-{method}-ent{setting}"
 
 
 def measure(
-    components: List[int], methods: List[str], repeats: int, steps: int, too_slow: float, ent_coefs: List[float]
+    components: List[int], methods: List[str], repeats: int, steps: int, too_slow: float, settings: List[str]
 ) -> Tuple[Dict[str, Any], List[Dict[str, float]]]:
     """Alternating measurements; returns per-config records and the baseline measurements.
 
@@ -101,9 +119,9 @@ def measure(
     """
     from sb3_gmm import GMMActorCriticPolicy
 
-    configs = [(k, m, c) for c in ent_coefs for k in components for m in methods]
+    configs = [(k, m, c) for c in settings for k in components for m in methods]
     records: Dict[str, Any] = {
-        config_key(k, m, c): {"K": k, "method": m, "ent_coef": c, "pairs": [], "status": "ok"} for k, m, c in configs
+        config_key(k, m, c): {"K": k, "method": m, "setting": c, "pairs": [], "status": "ok"} for k, m, c in configs
     }
     baselines: List[Dict[str, float]] = []
     seed = 0
@@ -111,16 +129,18 @@ def measure(
     for round_index in range(repeats):
         before = timed_learn("MlpPolicy", {}, steps, seed)
         baselines.append(before)
-        for n_components, method, ent_coef in configs:
-            record = records[config_key(n_components, method, ent_coef)]
+        for n_components, method, setting in configs:
+            record = records[config_key(n_components, method, setting)]
             if record["status"] != "ok":
                 continue
             seed += 1
+            ent_coef, entropy_in_loss = ENTROPY_SETTINGS[setting]
             try:
-                gmm = timed_learn(GMMActorCriticPolicy, gmm_kwargs(n_components, method), steps, seed, ent_coef)
+                policy_kwargs = gmm_kwargs(n_components, method, entropy_in_loss)
+                gmm = timed_learn(GMMActorCriticPolicy, policy_kwargs, steps, seed, ent_coef)
             except Exception as error:  # a refused K (e.g. too many series terms) is a result, not a crash
                 record["status"] = f"refused: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
-                print(f"K={n_components} {method} ent_coef={ent_coef:g}: {record['status']}", flush=True)
+                print(f"K={n_components} {method} ent_coef={setting}: {record['status']}", flush=True)
                 continue
             after = timed_learn("MlpPolicy", {}, steps, seed)
             baselines.append(after)
@@ -128,7 +148,7 @@ def measure(
             ratio = gmm["fps"] / baseline_fps
             record["pairs"].append({"gmm": gmm, "baseline_fps": baseline_fps, "ratio": ratio})
             print(
-                f"round {round_index + 1}/{repeats} K={n_components} {method} ent_coef={ent_coef:g}: "
+                f"round {round_index + 1}/{repeats} K={n_components} {method} ent_coef={setting}: "
                 f"gmm {gmm['fps']:.0f} fps, "
                 f"mlp {baseline_fps:.0f} fps, ratio {ratio:.3f}",
                 flush=True,
@@ -146,7 +166,7 @@ def summarise(records: Dict[str, Any], baselines: List[Dict[str, float]]) -> Dic
         row = {
             "K": record["K"],
             "method": record["method"],
-            "ent_coef": record["ent_coef"],
+            "setting": record["setting"],
             "status": record["status"],
             "n": len(ratios),
         }
@@ -173,13 +193,13 @@ def summarise(records: Dict[str, Any], baselines: List[Dict[str, float]]) -> Dic
     return {"rows": rows, "baseline": baseline}
 
 
-def markdown(summary: Dict[str, Any], components: List[int], methods: List[str], ent_coefs: List[float]) -> str:
-    """Ratio tables (methods x K, one per ent_coef) and a rollout/update breakdown table."""
+def markdown(summary: Dict[str, Any], components: List[int], methods: List[str], settings: List[str]) -> str:
+    """Ratio tables (methods x K, one per entropy setting) and a rollout/update breakdown table."""
     rows = summary["rows"]
     lines: List[str] = []
-    for ent_coef in ent_coefs:
+    for setting in settings:
         lines += [
-            f"GMM fps / MlpPolicy fps, GMM trained with ent_coef = {ent_coef:g}:",
+            f"GMM fps / MlpPolicy fps, GMM trained with {SETTING_LABELS[setting]}:",
             "",
             "| method | " + " | ".join(f"K={k}" for k in components) + " |",
             "|---|" + "---|" * len(components),
@@ -187,7 +207,7 @@ def markdown(summary: Dict[str, Any], components: List[int], methods: List[str],
         for method in methods:
             cells = []
             for k in components:
-                row = rows[config_key(k, method, ent_coef)]
+                row = rows[config_key(k, method, setting)]
                 if "ratio_median" not in row:
                     cells.append(row["status"].split(":")[0])
                     continue
@@ -206,15 +226,66 @@ def markdown(summary: Dict[str, Any], components: List[int], methods: List[str],
         f"| MlpPolicy | 0 | {baseline['fps_median']:.0f} | {baseline['rollout_seconds']:.2f} | "
         f"{baseline['train_seconds']:.2f} | {baseline['train_share']:.0%} |",
     ]
-    for ent_coef in ent_coefs:
+    for setting in settings:
         for method in methods:
             for k in components:
-                row = rows[config_key(k, method, ent_coef)]
+                row = rows[config_key(k, method, setting)]
                 if "fps_median" in row and method in ("default", "component_average"):
                     lines.append(
-                        f"| GMM K={k} {method} | {ent_coef:g} | {row['fps_median']:.0f} | "
+                        f"| GMM K={k} {method} | {setting} | {row['fps_median']:.0f} | "
                         f"{row['rollout_seconds']:.2f} | {row['train_seconds']:.2f} | {row['train_share']:.0%} |"
                     )
+    return "\n".join(lines)
+
+
+def verdicts(summary: Dict[str, Any], settings: List[str], sac: Optional[Dict[str, Any]]) -> List[str]:
+    """One line per target: the default estimator's ratio at each K with a target, and SAC-GMM K = 4."""
+    lines = []
+    for k, target in TARGET_RATIOS.items():
+        for setting in settings:
+            row = summary["rows"].get(config_key(k, "default", setting), {})
+            if "ratio_median" in row:
+                verdict = "met" if row["ratio_median"] >= target else "NOT met"
+                lines.append(
+                    f"- K={k}, default estimator, {SETTING_LABELS[setting]}: {row['ratio_median']:.2f} "
+                    f"(target >= {target:.2f}: {verdict})"
+                )
+    if sac:
+        verdict = "met" if sac["ratio_median"] >= SAC_TARGET_RATIO else "NOT met"
+        lines.append(
+            f"- SAC, GMMSACPolicy K=4 over MlpPolicy: {sac['ratio_median']:.2f} (target >= {SAC_TARGET_RATIO:.2f}: "
+            f"{verdict})"
+        )
+    return lines
+
+
+def before_after_table(before: Dict[str, Any], after: Dict[str, Any]) -> str:
+    """The default estimator's ratio per K and setting in an older run (``before``) and this one."""
+    summaries = [summarise(payload["records"], payload["baselines"])["rows"] for payload in (before, after)]
+    components = after["config"]["components"]
+    settings = after["config"]["settings"]
+    rows = []
+    for setting in settings:
+        cells = []
+        for k in components:
+            pair = []
+            for rows_of in summaries:
+                row = rows_of.get(config_key(k, "default", setting), {})
+                pair.append(f"{row['ratio_median']:.2f}" if "ratio_median" in row else row.get("status", "-")[:7])
+            cells.append(" -> ".join(pair))
+        rows.append([SETTING_LABELS[setting].split(" (")[0], *cells])
+    sac_cells = [payload.get("sac") for payload in (before, after)]
+    lines = [
+        f"Default estimator, GMM fps / MlpPolicy fps, before (commit `{before['record']['git_commit']}`, "
+        f"{before['record']['date'][:10]}) -> after (this run):",
+        "",
+        _report.markdown_table(["GMM side", *(f"K={k}" for k in components)], rows),
+    ]
+    if all(sac_cells):
+        lines += [
+            "",
+            f"SAC GMM K=4 / SAC MlpPolicy: {sac_cells[0]['ratio_median']:.2f} -> {sac_cells[1]['ratio_median']:.2f}",
+        ]
     return "\n".join(lines)
 
 
@@ -246,24 +317,37 @@ def entropy_microbenchmark(
     return cells
 
 
+def measure_sac(rounds: int, steps: int) -> Dict[str, Any]:
+    """SAC GMMSACPolicy K = 4 fps over SAC MlpPolicy fps on Pendulum, in alternating rounds (maxent_compare)."""
+    from benchmarks.maxent_compare import measure_throughput
+
+    return measure_throughput("full", rounds, steps)
+
+
 def run(args: argparse.Namespace, record: Dict[str, Any]) -> Dict[str, Any]:
     """The micro-benchmark and the alternating training measurements (raw, as stored in JSON)."""
     start = time.perf_counter()
     micro = entropy_microbenchmark(args.components, args.methods)
-    ent_coefs = list(args.ent_coefs)
-    records, baselines = measure(args.components, args.methods, args.repeats, args.steps, args.too_slow, ent_coefs)
-    config = dict(components=args.components, methods=args.methods, ent_coefs=ent_coefs, default=DEFAULT_METHOD)
+    settings = list(args.settings)
+    records, baselines = measure(args.components, args.methods, args.repeats, args.steps, args.too_slow, settings)
+    sac = measure_sac(args.sac_rounds, args.sac_steps) if args.sac_rounds > 0 else None
+    config = dict(components=args.components, methods=args.methods, settings=settings, default=DEFAULT_METHOD)
     minutes = (time.perf_counter() - start) / 60
-    return dict(record=record, minutes=minutes, config=config, micro=micro, records=records, baselines=baselines)
+    return dict(
+        record=record, minutes=minutes, config=config, micro=micro, records=records, baselines=baselines, sac=sac
+    )
 
 
-def render(payload: Dict[str, Any]) -> str:
-    """The generated block of docs/performance.md from a stored payload."""
+def render(payload: Dict[str, Any], before: Optional[Dict[str, Any]] = None) -> str:
+    """The generated block of docs/performance.md from a stored payload (and an older run's, for before/after)."""
     config, summary = payload["config"], summarise(payload["records"], payload["baselines"])
     components, default = config["components"], config["default"]
     micro_rows = [[method, *cells] for method, cells in payload["micro"].items()]
-    lines = [
-        _report.provenance(payload["record"], payload["minutes"]),
+    lines = [_report.provenance(payload["record"], payload["minutes"]), "", "Targets:", ""]
+    lines += verdicts(summary, config["settings"], payload.get("sac"))
+    if before is not None:
+        lines += ["", before_after_table(before, payload)]
+    lines += [
         "",
         f"Entropy estimate alone, ms per forward+backward, batch 64, D=1 (default = {default}):",
         "",
@@ -271,14 +355,16 @@ def render(payload: Dict[str, Any]) -> str:
         "",
         f"Whole training, default estimator = {default}; median [min-max] over rounds.",
         "",
-        markdown(summary, components, config["methods"], config["ent_coefs"]),
+        markdown(summary, components, config["methods"], config["settings"]),
     ]
-    for ent_coef in config["ent_coefs"]:
-        row = summary["rows"].get(config_key(4, "default", ent_coef), {})
-        if "ratio_median" in row:
-            verdict = "met" if row["ratio_median"] >= TARGET_RATIO else "NOT met"
-            ratio = row["ratio_median"]
-            lines.append(f"\nK=4 default, ent_coef {ent_coef:g}: ratio {ratio:.2f}; target >= {TARGET_RATIO} {verdict}")
+    sac = payload.get("sac")
+    if sac:
+        lines += [
+            "",
+            f"SAC on Pendulum-v1 (zoo settings), {sac['rounds']} alternating rounds of {sac['steps_per_round']} "
+            f"steps: GMMSACPolicy K=4 over MlpPolicy fps, median {sac['ratio_median']:.2f} "
+            f"[{min(sac['ratios']):.2f}-{max(sac['ratios']):.2f}].",
+        ]
     return "\n".join(lines)
 
 
@@ -287,12 +373,15 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--components", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument(
-        "--ent-coefs",
-        type=float,
+        "--settings",
         nargs="+",
-        default=[0.0, 0.01],
-        help="entropy coefficients of the GMM runs (0 is the zoo's Pendulum setting)",
+        choices=list(ENTROPY_SETTINGS),
+        default=list(ENTROPY_SETTINGS),
+        help="entropy settings of the GMM runs: ent_coef 0.01, 0, and 0 with entropy_in_loss=False (0-skip)",
     )
+    parser.add_argument("--sac-rounds", type=int, default=7, help="SAC rounds (0 skips the SAC measurement)")
+    parser.add_argument("--sac-steps", type=int, default=1000, help="SAC steps per round")
+    parser.add_argument("--before", type=Path, help="a stored JSON of an older run: add a before/after table")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=4096, help="steps per measurement (4096 = one PPO iteration)")
     parser.add_argument("--too-slow", type=float, default=10.0, help="stop repeating a config this many times slower")
@@ -319,7 +408,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         json_path = args.json or (_report.DOCS / "data" / "throughput.json" if args.write else None)
         if json_path:
             _report.write_json(json_path, payload)
-    body = render(payload)
+    before = json.loads(args.before.read_text()) if args.before else None
+    body = render(payload, before)
     print(body)
     if args.write:
         _report.write_generated(args.write, "benchmarks/throughput.py", body, "Training throughput")

@@ -25,8 +25,8 @@ def test_throughput_script_writes_its_table(tmp_path):
 
     page, raw = tmp_path / "performance.md", tmp_path / "raw.json"
     throughput.main(
-        ["--components", "2", "--methods", "default", "--ent-coefs", "0", "--repeats", "1", "--steps", "64",
-         "--write", str(page), "--json", str(raw)]
+        ["--components", "2", "--methods", "default", "--settings", "0", "0-skip", "--repeats", "1", "--steps", "64",
+         "--sac-rounds", "1", "--sac-steps", "50", "--write", str(page), "--json", str(raw)]
     )  # fmt: skip
     text = page.read_text()
     assert "python -m benchmarks.throughput --components 2" in text
@@ -38,6 +38,10 @@ def test_throughput_script_writes_its_table(tmp_path):
     rebuilt = tmp_path / "rebuilt.md"
     throughput.main(["--render", str(raw), "--write", str(rebuilt)])
     assert rebuilt.read_text().replace("# Training throughput\n\n", "") in text
+    # Both entropy settings and SAC were measured, and a before/after table renders from two stored runs.
+    assert payload["records"]["K2-default-ent0-skip"]["pairs"] and payload["sac"]["ratio_median"] > 0
+    throughput.main(["--render", str(raw), "--before", str(raw), "--write", str(rebuilt)])
+    assert "before (commit" in rebuilt.read_text()
 
 
 def test_throughput_covers_every_registered_estimator():
