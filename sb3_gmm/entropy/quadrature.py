@@ -21,12 +21,13 @@ integrands give the same exact value and different quadrature errors:
 Both vanish for far-apart components and are constant for coincident ones, so every point set is exact in both limits
 and for K = 1. Because ``log w_j + Delta_ij`` is a quadratic form in ``eps``, evaluating it at ``n`` shared points is
 one matrix product ``[..., K, K, 2D + 1] @ [2D + 1, n]``: the cost of a few log_probs, not ``n`` of them. The first
-derivative is written by hand (:class:`_FusedQuadratureEntropy`); second derivatives are autograd's.
+derivative is written by hand (:class:`_FusedQuadratureEntropy`); second derivatives are autograd's. Above a memory
+budget (:data:`CHUNK_BYTES`) the batch is evaluated in chunks, so memory stays bounded at any batch size.
 """
 
 import math
 from functools import lru_cache
-from typing import Any, List, NamedTuple, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch as th
 
@@ -42,6 +43,16 @@ from sb3_gmm.entropy.registry import Option, one_of, optional_seed, positive_int
 
 # Gauss-Hermite nodes of lower weight are skipped: even an integrand of 1e3 nats there moves the estimate by < 1e-9.
 NEGLIGIBLE_NODE_WEIGHT = 1e-12
+# Memory budget of the fused kernel, in bytes of its largest intermediate ``[batch, K, K, n]`` (every point's exponent
+# for every pair of components; 4 K^2 n bytes per batch element in float32, 16 KiB at K = 8, n = 64). A batch over it
+# is processed in chunks of batch elements that each fit it, so the kernel's peak stays a few times the budget however
+# large the batch; a batch under it (a PPO minibatch of the usual sizes) takes the one-pass path unchanged. On the CPU
+# a few MiB is also the fastest setting (the chunks stay in cache); docs/memory.md has the measurements and how to
+# choose. math.inf turns chunking off. Both are read at every call, so they can be changed at run time.
+CHUNK_BYTES: float = 4 * 2**20
+# The same for tensors on any other device (CUDA, MPS). Not measured yet: a GPU pays a kernel launch per op and
+# chunk, so it wants far larger chunks than the CPU's cache does; 256 MiB keeps the peak near 1 GB.
+GPU_CHUNK_BYTES: float = 256 * 2**20
 INTEGRANDS = ("responsibility_entropy", "log_responsibility")
 FUSED_OPTION = Option(
     True,
@@ -111,9 +122,9 @@ def quadrature_entropy(
     :param point_weights: ``[n]`` quadrature weights summing to one
     :param control_variate: keep the exact Gaussian part (True) or average the plain ``-log p`` (False: plain MC,
         which needs ``integrand="log_responsibility"``)
-    :param fused: use the hand-written first derivative (fast) instead of autograd through every op. A gradient
-        taken with ``create_graph=True`` is autograd's through the reference either way, so second derivatives
-        (``hessian``, Hessian-vector products) are exact with both
+    :param fused: use the hand-written first derivative (fast, and chunked above :data:`CHUNK_BYTES`) instead of
+        autograd through every op. A gradient taken with ``create_graph=True`` is autograd's through the reference
+        either way, so second derivatives (``hessian``, Hessian-vector products) are exact with both
     :param features: :func:`point_features` of ``points`` when the caller has it cached
     :param integrand: ``"responsibility_entropy"`` or ``"log_responsibility"`` (see the module docstring)
     :return: entropy ``[...]``
@@ -130,7 +141,8 @@ def quadrature_entropy(
         features = point_features(points)
     responsibility_entropy = integrand == "responsibility_entropy"
     if fused:
-        estimate = _FusedQuadratureEntropy.apply(*params, features, point_weights, responsibility_entropy)
+        chunking = _chunking(params, features)
+        estimate = _FusedQuadratureEntropy.apply(*params, features, point_weights, responsibility_entropy, chunking)
     else:
         estimate = _autograd_quadrature_entropy(params, features, point_weights, responsibility_entropy)
     if not control_variate:
@@ -194,6 +206,133 @@ def _contract_points_back(values: th.Tensor, features: th.Tensor) -> th.Tensor:
     return th.matmul(values, features)
 
 
+def _fused_forward(
+    log_weights: th.Tensor,
+    means: th.Tensor,
+    stds: th.Tensor,
+    log_stds: th.Tensor,
+    features: th.Tensor,
+    point_weights: th.Tensor,
+    responsibility_entropy: bool,
+) -> Tuple[th.Tensor, Tuple[Optional[th.Tensor], ...]]:
+    """The estimate ``[...]`` and what :func:`_fused_backward` needs, in one pass over ``[..., K, K, n]``."""
+    form = _exponent_form(MixtureParams(log_weights, means, stds, log_stds))
+    exponents = _contract_points(form.coefficients, features)  # log w_j + Delta_ij(eps_n), [..., K(i), K(j), n]
+    # Softmax over j by hand; the backward reuses the shifted exponentials (and, for the responsibility entropy,
+    # their products with the exponents).
+    shift = exponents.amax(-2, keepdim=True)
+    shifted = exponents.sub_(shift)
+    weights = log_weights.exp()
+    gaussian_part = gaussian_entropies(log_stds)
+    if responsibility_entropy:
+        exponentials = shifted.exp()
+        normaliser = exponentials.sum(-2, keepdim=True)
+        # h = log Z - sum_j r_j e_j, shift invariant; mean_exponent = sum_j r_j e_j, [..., K(i), 1, n]. The
+        # products x_j e_j overwrite the exponents (the backward needs only them and x): every fresh
+        # [..., K, K, n] allocation costs about as much as a pass over it.
+        weighted_exponents = shifted.mul_(exponentials)
+        mean_exponent = weighted_exponents.sum(-2, keepdim=True) / normaliser
+        entropies = (normaliser.log() - mean_exponent).squeeze(-2)  # [..., K(i), n], within [0, log K]
+        per_component = gaussian_part - log_weights - entropies @ point_weights
+    else:
+        exponentials = shifted.exp_()  # the exponents are not needed again: overwrite them
+        normaliser = exponentials.sum(-2, keepdim=True)
+        log_mixture_ratio = (shift + normaliser.log()).squeeze(-2)  # [..., K(i), n]
+        per_component = gaussian_part - log_mixture_ratio @ point_weights
+        weighted_exponents = mean_exponent = None
+    saved = (
+        exponentials, normaliser, weighted_exponents, mean_exponent, weights, per_component, form.scaled_diff,
+        form.std_ratio, form.inv_stds, features, point_weights,
+    )  # fmt: skip
+    return (weights * per_component).sum(-1), saved
+
+
+def _fused_backward(
+    saved: Sequence[Optional[th.Tensor]], grad_output: th.Tensor, responsibility_entropy: bool
+) -> Tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
+    """Gradients w.r.t. log weights ``[..., K]``, means, stds ``[..., K, D]`` and log stds ``[..., K, 1]`` (the
+    same for every coordinate) from :func:`_fused_forward`'s saved tensors."""
+    (
+        exponentials, normaliser, weighted_exponents, mean_exponent, weights, per_component, scaled_diff,
+        std_ratio, inv_stds, features, point_weights,
+    ) = saved  # fmt: skip
+    dim = scaled_diff.shape[-1]
+    grad = grad_output.unsqueeze(-1)
+    # d output / d exponent_ijn = g w_i v_n r_ijn times (e_ijn - sum_j r_ijn e_ijn) for the responsibility entropy
+    # and times -1 for the log responsibility, r = exponentials / normaliser. The division is folded into the
+    # small [..., K(i), 1, n] factor, so the big tensor is touched as few times as possible.
+    point_scale = (point_weights * (grad * weights).unsqueeze(-1)).unsqueeze(-2) / normaliser
+    if responsibility_entropy:
+        # x_j (e_j - mean_exponent) * scale, in one new tensor.
+        exponent_grad = th.addcmul(weighted_exponents, exponentials, mean_exponent, value=-1.0).mul_(point_scale)
+    else:
+        exponent_grad = exponentials * -point_scale
+    # Derivative of the output w.r.t. the linear, quadratic and constant coefficients of Delta_ij.
+    grad_coefficients = _contract_points_back(exponent_grad, features)  # [..., K(i), K(j), 2D + 1]
+    grad_linear = grad_coefficients[..., :dim]
+    grad_quadratic = grad_coefficients[..., dim : 2 * dim]
+    grad_constant = grad_coefficients[..., 2 * dim]  # [..., K(i), K(j)]
+    grad_log_weights = grad * weights * per_component + grad_constant.sum(-2)
+    if responsibility_entropy:
+        grad_log_weights = grad_log_weights - grad * weights  # the -w_i log w_i term
+    # log s_i enters H_i and Delta_ij's constant, log s_j Delta_ij's constant (through every coordinate alike).
+    grad_log_stds = (grad * weights + grad_constant.sum(-1) - grad_constant.sum(-2)).unsqueeze(-1)
+    # Chain rule through scaled_diff z = (mu_i - mu_j) / s_j and std_ratio r = s_i / s_j.
+    grad_scaled = -grad_constant.unsqueeze(-1) * scaled_diff - grad_linear * std_ratio
+    grad_ratio = -grad_linear * scaled_diff - grad_quadratic * std_ratio
+    inv_std_j = inv_stds.unsqueeze(-3)
+    grad_diff = grad_scaled * inv_std_j
+    grad_means = grad_diff.sum(-2) - grad_diff.sum(-3)
+    grad_stds = (grad_ratio * inv_std_j).sum(-2) - (grad_ratio * std_ratio + grad_scaled * scaled_diff).sum(
+        -3
+    ) * inv_stds  # r depends on s_i; r and z depend on s_j
+    return grad_log_weights, grad_means, grad_stds, grad_log_stds
+
+
+class _Chunking(NamedTuple):
+    """How :class:`_FusedQuadratureEntropy` cuts a batch over :data:`CHUNK_BYTES`.
+
+    :param rows: batch elements per chunk
+    :param batch_shape: the inputs' broadcast batch shape
+    :param with_gradient: compute the gradient in the forward (autograd will want it)
+    """
+
+    rows: int
+    batch_shape: th.Size
+    with_gradient: bool
+
+
+def _chunking(params: MixtureParams, features: th.Tensor) -> Optional[_Chunking]:
+    """None when the batch's ``[..., K, K, n]`` intermediate fits :data:`CHUNK_BYTES` (one pass), else the chunks."""
+    log_weights, means, stds, log_stds = params
+    batch_shape = means.shape[:-2]
+    # Policies pass equal batch shapes; only other callers (or per-batch-element points) pay for broadcasting.
+    if features.dim() > 3 or not (log_weights.shape[:-1] == batch_shape == stds.shape[:-2] == log_stds.shape[:-2]):
+        extra = (features.shape[:-3],) if features.dim() > 3 else ()
+        batch_shape = th.broadcast_shapes(
+            log_weights.shape[:-1], batch_shape, stds.shape[:-2], log_stds.shape[:-2], *extra
+        )
+    n_components = means.shape[-2]
+    element_bytes = n_components * n_components * features.shape[-2] * means.element_size()
+    n_elements = batch_shape.numel()
+    budget = CHUNK_BYTES if means.device.type == "cpu" else GPU_CHUNK_BYTES
+    if n_elements * element_bytes <= budget:
+        return None
+    rows = max(1, int(budget // element_bytes))
+    if rows >= n_elements:
+        return None
+    # Inside the Function's forward grad mode is always off, so whether a graph is recorded is read here.
+    with_gradient = th.is_grad_enabled() and any(tensor.requires_grad for tensor in params)
+    return _Chunking(rows, batch_shape, with_gradient)
+
+
+def _flatten_batch(tensor: th.Tensor, batch_shape: th.Size, event_dims: int) -> th.Tensor:
+    """``tensor`` broadcast to ``batch_shape`` and flattened to ``[N, *event]`` (a view where the strides allow,
+    e.g. stds expanded from ``[K, D]``; a copy of the small input otherwise)."""
+    event_shape = tensor.shape[tensor.dim() - event_dims :]
+    return tensor.expand(*batch_shape, *event_shape).reshape(-1, *event_shape)
+
+
 class _FusedQuadratureEntropy(th.autograd.Function):
     """The quadrature estimate with its gradient written out by hand.
 
@@ -202,45 +341,70 @@ class _FusedQuadratureEntropy(th.autograd.Function):
     responsibility entropy), the backward two (one more for the responsibility entropy), and allocates one such
     tensor per direction (two in the forward for the responsibility entropy).
 
+    Memory: the one-pass forward keeps two ``[..., K, K, n]`` tensors for the backward (3.3 GB at B = 100k, K = 8,
+    n = 64 in float32) and its peak is about three of them. When one would exceed :data:`CHUNK_BYTES`, the batch is
+    flattened and processed in chunks that each fit it instead, and nothing of that size outlives its chunk: the
+    forward also computes each chunk's gradient for an incoming gradient of one (when a graph is being recorded),
+    and the backward only scales those by the incoming gradient, which enters linearly. That costs no extra pass
+    (recomputing the chunks in the backward would repeat the forward, the larger half of the work); it is wasted
+    only when the graph is never back-propagated, or with an all-zero incoming gradient, which the one-pass backward
+    skips. Values and gradients equal the one-pass path's up to rounding (docs/memory.md).
+
     The hand-written gradient is built from saved constants, so it is not itself differentiable. It serves every
     backward pass that records no graph (``create_graph=False``: each optimiser step). A backward that does record
     one (``hessian``, Hessian-vector products, gradient penalties, ``autograd.functional.jvp``) differentiates the
-    reference implementation instead, so higher derivatives are autograd's, not zeros.
+    reference implementation instead, so higher derivatives are autograd's, not zeros. That path is not chunked: the
+    graph it records for the second derivative holds the reference's ``[..., K, K, n]`` intermediates of the whole
+    batch, so its memory is that of ``fused=False``.
     """
 
     @staticmethod
-    def forward(ctx, log_weights, means, stds, log_stds, features, point_weights, responsibility_entropy):  # type: ignore[override]
-        form = _exponent_form(MixtureParams(log_weights, means, stds, log_stds))
-        exponents = _contract_points(form.coefficients, features)  # log w_j + Delta_ij(eps_n), [..., K(i), K(j), n]
-        # Softmax over j by hand; the backward reuses the shifted exponentials (and, for the responsibility entropy,
-        # their products with the exponents).
-        shift = exponents.amax(-2, keepdim=True)
-        shifted = exponents.sub_(shift)
-        weights = log_weights.exp()
-        gaussian_part = gaussian_entropies(log_stds)
-        if responsibility_entropy:
-            exponentials = shifted.exp()
-            normaliser = exponentials.sum(-2, keepdim=True)
-            # h = log Z - sum_j r_j e_j, shift invariant; mean_exponent = sum_j r_j e_j, [..., K(i), 1, n]. The
-            # products x_j e_j overwrite the exponents (the backward needs only them and x): every fresh
-            # [..., K, K, n] allocation costs about as much as a pass over it.
-            weighted_exponents = shifted.mul_(exponentials)
-            mean_exponent = weighted_exponents.sum(-2, keepdim=True) / normaliser
-            entropies = (normaliser.log() - mean_exponent).squeeze(-2)  # [..., K(i), n], within [0, log K]
-            per_component = gaussian_part - log_weights - entropies @ point_weights
-        else:
-            exponentials = shifted.exp_()  # the exponents are not needed again: overwrite them
-            normaliser = exponentials.sum(-2, keepdim=True)
-            log_mixture_ratio = (shift + normaliser.log()).squeeze(-2)  # [..., K(i), n]
-            per_component = gaussian_part - log_mixture_ratio @ point_weights
-            weighted_exponents = mean_exponent = None
+    def forward(ctx, log_weights, means, stds, log_stds, features, point_weights, responsibility_entropy, chunking):  # type: ignore[override]
         ctx.responsibility_entropy = responsibility_entropy
-        # The inputs are saved too (no copy): a backward that records a graph re-derives the gradient from them.
+        ctx.chunked = chunking is not None
+        if chunking is None:
+            value, saved = _fused_forward(
+                log_weights, means, stds, log_stds, features, point_weights, responsibility_entropy
+            )
+            # The inputs are saved too (no copy): a backward that records a graph re-derives the gradient from them.
+            ctx.save_for_backward(*saved, log_weights, means, stds, log_stds)
+            return value
+        batch_shape = chunking.batch_shape
+        n_elements = batch_shape.numel()
+        flat = [
+            _flatten_batch(tensor, batch_shape, event_dims)
+            for tensor, event_dims in ((log_weights, 1), (means, 2), (stds, 2), (log_stds, 2))
+        ]
+        # Shared ([n, F]) and per-component ([K, n, F]) features serve every chunk; per-batch-element ones
+        # ([..., K, n, F], Monte Carlo) are cut along with the batch.
+        per_element_features = features.dim() > 3
+        flat_features = _flatten_batch(features, batch_shape, 3) if per_element_features else features
+        value = means.new_empty(n_elements)
+        n_components, dim = means.shape[-2:]
+        unit_grads = []
+        if chunking.with_gradient:
+            unit_grads = [
+                means.new_empty(n_elements, *shape)
+                for shape in ((n_components,), (n_components, dim), (n_components, dim), (n_components, 1))
+            ]
+            unit = means.new_ones(chunking.rows)
+        for start in range(0, n_elements, chunking.rows):
+            stop = min(start + chunking.rows, n_elements)
+            part = slice(start, stop)
+            chunk_features = flat_features[part] if per_element_features else flat_features
+            value[part], saved = _fused_forward(
+                *(tensor[part] for tensor in flat), chunk_features, point_weights, responsibility_entropy
+            )
+            if unit_grads:
+                chunk_grads = _fused_backward(saved, unit[: stop - start], responsibility_entropy)
+                for grad, chunk_grad in zip(unit_grads, chunk_grads):
+                    grad[part] = chunk_grad
+            del saved  # free this chunk's [rows, K, K, n] tensors before the next chunk allocates its own
         ctx.save_for_backward(
-            exponentials, normaliser, weighted_exponents, mean_exponent, weights, per_component, form.scaled_diff,
-            form.std_ratio, form.inv_stds, features, point_weights, log_weights, means, stds, log_stds,
+            *(grad.view(*batch_shape, *grad.shape[1:]) for grad in unit_grads),
+            features, point_weights, log_weights, means, stds, log_stds,
         )  # fmt: skip
-        return (weights * per_component).sum(-1)
+        return value.view(batch_shape)
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
@@ -250,49 +414,27 @@ class _FusedQuadratureEntropy(th.autograd.Function):
         # PPO / A2C with ent_coef = 0 still back-propagate through the entropy, with an all-zero gradient. On the CPU
         # a check is cheap (no device sync) and skips all the work below; the inputs then get zero gradients.
         if grad_output.device.type == "cpu" and not bool(grad_output.any()):
-            return None, None, None, None, None, None, None
-        (
-            exponentials, normaliser, weighted_exponents, mean_exponent, weights, per_component, scaled_diff,
-            std_ratio, inv_stds, features, point_weights, *_,
-        ) = ctx.saved_tensors  # fmt: skip
-        dim = scaled_diff.shape[-1]
-        grad = grad_output.unsqueeze(-1)
-        # d output / d exponent_ijn = g w_i v_n r_ijn times (e_ijn - sum_j r_ijn e_ijn) for the responsibility entropy
-        # and times -1 for the log responsibility, r = exponentials / normaliser. The division is folded into the
-        # small [..., K(i), 1, n] factor, so the big tensor is touched as few times as possible.
-        point_scale = (point_weights * (grad * weights).unsqueeze(-1)).unsqueeze(-2) / normaliser
-        if ctx.responsibility_entropy:
-            # x_j (e_j - mean_exponent) * scale, in one new tensor.
-            exponent_grad = th.addcmul(weighted_exponents, exponentials, mean_exponent, value=-1.0).mul_(point_scale)
-        else:
-            exponent_grad = exponentials * -point_scale
-        # Derivative of the output w.r.t. the linear, quadratic and constant coefficients of Delta_ij.
-        grad_coefficients = _contract_points_back(exponent_grad, features)  # [..., K(i), K(j), 2D + 1]
-        grad_linear = grad_coefficients[..., :dim]
-        grad_quadratic = grad_coefficients[..., dim : 2 * dim]
-        grad_constant = grad_coefficients[..., 2 * dim]  # [..., K(i), K(j)]
-        grad_log_weights = grad * weights * per_component + grad_constant.sum(-2)
-        if ctx.responsibility_entropy:
-            grad_log_weights = grad_log_weights - grad * weights  # the -w_i log w_i term
-        # log s_i enters H_i and Delta_ij's constant, log s_j Delta_ij's constant (through every coordinate alike).
-        grad_log_stds = (grad * weights + grad_constant.sum(-1) - grad_constant.sum(-2)).unsqueeze(-1)
-        # Chain rule through scaled_diff z = (mu_i - mu_j) / s_j and std_ratio r = s_i / s_j.
-        grad_scaled = -grad_constant.unsqueeze(-1) * scaled_diff - grad_linear * std_ratio
-        grad_ratio = -grad_linear * scaled_diff - grad_quadratic * std_ratio
-        inv_std_j = inv_stds.unsqueeze(-3)
-        grad_diff = grad_scaled * inv_std_j
-        grad_means = grad_diff.sum(-2) - grad_diff.sum(-3)
-        grad_stds = (grad_ratio * inv_std_j).sum(-2) - (grad_ratio * std_ratio + grad_scaled * scaled_diff).sum(
-            -3
-        ) * inv_stds  # r depends on s_i; r and z depend on s_j
-        return grad_log_weights, grad_means, grad_stds, grad_log_stds.expand_as(grad_stds), None, None, None
+            return None, None, None, None, None, None, None, None
+        if ctx.chunked:
+            # The chunks' gradients for an incoming gradient of one, scaled per batch element.
+            unit_log_weights, unit_means, unit_stds, unit_log_stds = ctx.saved_tensors[:4]
+            grad = grad_output.unsqueeze(-1)
+            grad_stds = grad.unsqueeze(-1) * unit_stds
+            return (
+                grad * unit_log_weights, grad.unsqueeze(-1) * unit_means, grad_stds,
+                (grad.unsqueeze(-1) * unit_log_stds).expand_as(grad_stds), None, None, None, None,
+            )  # fmt: skip
+        grad_log_weights, grad_means, grad_stds, grad_log_stds = _fused_backward(
+            ctx.saved_tensors[:11], grad_output, ctx.responsibility_entropy
+        )
+        return grad_log_weights, grad_means, grad_stds, grad_log_stds.expand_as(grad_stds), None, None, None, None
 
 
 def _differentiable_backward(ctx: Any, grad_output: th.Tensor) -> Tuple[Optional[th.Tensor], ...]:
     """The fused Function's gradient as autograd of the reference, with a graph (for second derivatives)."""
     *_, features, point_weights, log_weights, means, stds, log_stds = ctx.saved_tensors
     wanted = [index for index in range(4) if ctx.needs_input_grad[index]]
-    grads: List[Optional[th.Tensor]] = [None] * 7
+    grads: List[Optional[th.Tensor]] = [None] * 8
     if not wanted:
         return tuple(grads)
     # Fresh views as the roots: the gradient w.r.t. stds must not also collect the path through log_stds when the
