@@ -303,23 +303,25 @@ class _Chunking(NamedTuple):
 
 
 def _chunking(params: MixtureParams, features: th.Tensor) -> Optional[_Chunking]:
-    """None when the batch's ``[..., K, K, n]`` intermediate fits :data:`CHUNK_BYTES` (one pass), else the chunks."""
-    log_weights, means, stds, log_stds = params
-    batch_shape = means.shape[:-2]
-    # Policies pass equal batch shapes; only other callers (or per-batch-element points) pay for broadcasting.
-    if features.dim() > 3 or not (log_weights.shape[:-1] == batch_shape == stds.shape[:-2] == log_stds.shape[:-2]):
-        extra = (features.shape[:-3],) if features.dim() > 3 else ()
-        batch_shape = th.broadcast_shapes(
-            log_weights.shape[:-1], batch_shape, stds.shape[:-2], log_stds.shape[:-2], *extra
-        )
-    n_components = means.shape[-2]
-    element_bytes = n_components * n_components * features.shape[-2] * means.element_size()
-    n_elements = batch_shape.numel()
-    budget = CHUNK_BYTES if means.device.type == "cpu" else GPU_CHUNK_BYTES
+    """None when the batch's ``[..., K, K, n]`` intermediate fits the budget (one pass), else how to cut it."""
+    log_weights, means = params.log_weights, params.means
+    n_components = log_weights.shape[-1]
+    n_points = features.shape[-2]
+    element_bytes = n_components * n_components * n_points * means.element_size()
+    budget = CHUNK_BYTES if means.is_cpu else GPU_CHUNK_BYTES
+    # The batch size from element counts (a few hundred nanoseconds, paid by every PPO minibatch); the exact
+    # broadcast shape only for a batch that may be cut.
+    n_elements = log_weights.numel() // n_components
+    if features.dim() > 3:
+        n_elements = max(n_elements, features.numel() // (n_components * n_points * features.shape[-1]))
     if n_elements * element_bytes <= budget:
         return None
+    extra = (features.shape[:-3],) if features.dim() > 3 else ()
+    batch_shape = th.broadcast_shapes(
+        log_weights.shape[:-1], means.shape[:-2], params.stds.shape[:-2], params.log_stds.shape[:-2], *extra
+    )
     rows = max(1, int(budget // element_bytes))
-    if rows >= n_elements:
+    if rows >= batch_shape.numel():
         return None
     # Inside the Function's forward grad mode is always off, so whether a graph is recorded is read here.
     with_gradient = th.is_grad_enabled() and any(tensor.requires_grad for tensor in params)
