@@ -8,15 +8,16 @@ Peak memory is the process's peak resident set size during that call minus its r
 so the inputs do not count and what the call leaves allocated (the gradients) does. The peak is read from the
 kernel's ``VmHWM`` after resetting it with ``/proc/self/clear_refs`` just before the call: unlike the lifetime
 ``ru_maxrss`` of ``getrusage``, it cannot be set by something earlier in the process (building the inputs, imports).
-Where ``clear_refs`` cannot be written the script falls back to ``ru_maxrss`` and says so. PyTorch's CPU allocator
-returns large blocks to the system on free, so the resident set follows the tensors alive at each moment.
+Where ``clear_refs`` cannot be written the script falls back to ``ru_maxrss`` and says so. Large blocks go back to
+the system on free, so the resident set follows the tensors alive at each moment; small ones may stay in the heap,
+so a chunked call's figure also includes some allocator slack. torch's own allocator statistics
+(``torch.cuda.max_memory_allocated``) exist only for CUDA; the resident set is what a CPU user runs out of.
 
-The time is the median of ``--repeats`` further calls in the same subprocess (the first, measured call also pays
-the page faults of its fresh memory). "off" is ``quadrature.CHUNK_BYTES = math.inf`` (the one-pass kernel, the
-behaviour before chunking); "on" is the library's default budget.
-
-The small-batch check times the PPO minibatch (B = 64, K = 4, D = 1) with chunking on and off ALTERNATELY in one
-process, median over rounds: at that size both take the one-pass path and only the budget test differs.
+"off" is ``quadrature.CHUNK_BYTES = math.inf`` (the one-pass kernel, the behaviour before chunking); "on" is the
+library's default budget. Times: after the measured call, the "on" process times chunking on and off ALTERNATELY for
+the case's rounds (medians, and the median of the rounds' ratios), so the two are compared side by side under the
+same machine load. The small-batch check does the same for the PPO minibatch (B = 64, K = 4, D = 1) over many
+rounds: at that size both take the one-pass path and only the budget test differs.
 
 Usage::
 
@@ -48,19 +49,25 @@ from sb3_gmm.entropy._common import mixture_params  # noqa: E402
 SCRIPT = "benchmarks/memory.py"
 PAGE = _report.DOCS / "memory.md"
 MIB = 2**20
-# (B, K, D, backward): the issue's headline case first (forward alone and with the backward), then other mixture and
-# batch sizes (a 32k minibatch, a 4096-environment simulator's rollout).
-CASES: Tuple[Tuple[int, int, int, bool], ...] = (
-    (100_000, 8, 6, False),
-    (100_000, 8, 6, True),
-    (100_000, 4, 1, True),
-    (32_768, 8, 6, True),
-    (4_096, 8, 6, True),
+# (B, K, D, backward, rounds): the issue's headline case first (forward alone and with the backward), then other
+# mixture and batch sizes (a 32k minibatch, a 4096-environment simulator's rollout). ``rounds`` of alternating
+# on / off timing follow the memory measurement (0: only the measured call's time).
+CASES: Tuple[Tuple[int, int, int, bool, int], ...] = (
+    (100_000, 8, 6, False, 0),
+    (100_000, 8, 6, True, 1),
+    (100_000, 4, 1, True, 3),
+    (32_768, 8, 6, True, 2),
+    (4_096, 8, 6, True, 5),
 )
-QUICK_CASES: Tuple[Tuple[int, int, int, bool], ...] = ((4_096, 8, 6, False), (4_096, 8, 6, True), (4_096, 4, 1, True))
-# Budgets (MiB) of the sweep, forward + backward at SWEEP_SIZE, to show what the budget trades.
-SWEEP_MIB: Tuple[float, ...] = (1, 4, 16, 64, 256)
-SWEEP_SIZE = (32_768, 8, 6)
+QUICK_CASES: Tuple[Tuple[int, int, int, bool, int], ...] = (
+    (4_096, 8, 6, False, 0),
+    (4_096, 8, 6, True, 2),
+    (4_096, 4, 1, True, 2),
+)
+# Budgets (MiB) of the sweep, forward + backward at SWEEP_SIZE, each timed against chunking off in SWEEP_ROUNDS.
+SWEEP_MIB: Tuple[float, ...] = (1, 4, 16, 64)
+SWEEP_SIZE = (16_384, 8, 6)
+SWEEP_ROUNDS = 1
 TARGET_BYTES = 1.5e9
 SMALL_BATCH = (64, 4, 1)
 
@@ -104,8 +111,34 @@ def _call(inputs: Sequence[th.Tensor], backward: bool) -> None:
         th.autograd.grad(entropy.sum(), inputs)
 
 
-def run_case(batch: int, n_components: int, dim: int, budget: float, backward: bool, repeats: int) -> Dict[str, Any]:
-    """Peak memory (bytes) of one call and the median time of ``repeats`` more (run inside the subprocess)."""
+def alternate_times(
+    inputs: Sequence[th.Tensor], backward: bool, budget: float, rounds: int, calls: int
+) -> Dict[str, float]:
+    """Seconds per call with ``budget`` ("on") and chunking off, alternately in this process: medians over rounds
+    and the median of the rounds' on / off ratios."""
+    settings = {"on": budget, "off": math.inf}
+    samples: Dict[str, List[float]] = {name: [] for name in settings}
+    for round_index in range(rounds):
+        # Alternate which goes first, so a drift within a round favours neither.
+        order = list(settings.items())[:: 1 if round_index % 2 == 0 else -1]
+        for name, value in order:
+            quadrature.CHUNK_BYTES = value
+            start = time.perf_counter()
+            for _ in range(calls):
+                _call(inputs, backward)
+            samples[name].append((time.perf_counter() - start) / calls)
+    quadrature.CHUNK_BYTES = budget
+    return {
+        "on_seconds": statistics.median(samples["on"]),
+        "off_seconds": statistics.median(samples["off"]),
+        "ratio": statistics.median(on / off for on, off in zip(samples["on"], samples["off"])),
+        "rounds": rounds,
+    }
+
+
+def run_case(batch: int, n_components: int, dim: int, budget: float, backward: bool, rounds: int) -> Dict[str, Any]:
+    """Peak memory (bytes) and time of one call with ``budget``, then ``rounds`` of :func:`alternate_times` (run
+    inside the subprocess)."""
     quadrature.CHUNK_BYTES = budget
     inputs = _inputs(batch, n_components, dim)
     with th.no_grad():
@@ -117,25 +150,22 @@ def run_case(batch: int, n_components: int, dim: int, budget: float, backward: b
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start = time.perf_counter()
     _call(inputs, backward)
-    first_seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start
     peak = _rss_bytes("VmHWM") if precise else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _call(inputs, backward)
-        seconds.append(time.perf_counter() - start)
-    return {
+    result = {
         "peak_bytes": peak - before,
-        "first_seconds": first_seconds,
-        "seconds": statistics.median(seconds) if seconds else first_seconds,
+        "seconds": seconds,
         "method": "VmHWM after clear_refs" if precise else "ru_maxrss",
     }
+    if rounds:
+        result["timing"] = alternate_times(inputs, backward, budget, rounds, calls=1)
+    return result
 
 
-def measure(batch: int, n_components: int, dim: int, budget: float, backward: bool, repeats: int) -> Dict[str, Any]:
+def measure(batch: int, n_components: int, dim: int, budget: float, backward: bool, rounds: int) -> Dict[str, Any]:
     """:func:`run_case` in a fresh Python process (so earlier cases leave nothing behind)."""
     spec = {"batch": batch, "n_components": n_components, "dim": dim, "budget": budget, "backward": backward}
-    spec["repeats"] = repeats
+    spec["rounds"] = rounds
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks.memory", "--child", json.dumps(_report.json_safe(spec))],
         cwd=_report.REPO_ROOT,
@@ -145,9 +175,11 @@ def measure(batch: int, n_components: int, dim: int, budget: float, backward: bo
     if completed.returncode != 0:
         raise RuntimeError(f"case {spec} failed:\n{completed.stderr[-2000:]}")
     result = json.loads(completed.stdout.strip().splitlines()[-1])
+    timing = result.get("timing")
+    times = f", on {timing['on_seconds']:.3f} s vs off {timing['off_seconds']:.3f} s" if timing else ""
     print(
         f"  B={batch} K={n_components} D={dim} budget={_budget_label(budget)} "
-        f"{'fwd+bwd' if backward else 'fwd'}: {result['peak_bytes'] / 1e6:.0f} MB, {result['seconds']:.3f} s",
+        f"{'fwd+bwd' if backward else 'fwd'}: {result['peak_bytes'] / 1e6:.0f} MB, {result['seconds']:.3f} s{times}",
         flush=True,
     )
     return {**spec, **result}
@@ -158,25 +190,11 @@ def measure(batch: int, n_components: int, dim: int, budget: float, backward: bo
 
 
 def small_batch_times(rounds: int, calls: int) -> Dict[str, float]:
-    """Median microseconds per forward+backward at B = 64, K = 4, D = 1, chunking on and off alternately."""
+    """Microseconds per forward+backward at B = 64, K = 4, D = 1, chunking on and off alternately."""
     inputs = _inputs(*SMALL_BATCH)
     default = quadrature.CHUNK_BYTES
-    settings = {"on": default, "off": math.inf}
-    for budget in settings.values():
-        quadrature.CHUNK_BYTES = budget
-        for _ in range(50):
-            _call(inputs, backward=True)
-    samples: Dict[str, List[float]] = {name: [] for name in settings}
-    for round_index in range(rounds):
-        # Alternate which goes first, so a drift within a round does not favour either.
-        order = list(settings.items())[:: 1 if round_index % 2 == 0 else -1]
-        for name, budget in order:
-            quadrature.CHUNK_BYTES = budget
-            start = time.perf_counter()
-            for _ in range(calls):
-                _call(inputs, backward=True)
-            samples[name].append((time.perf_counter() - start) / calls * 1e6)
-    quadrature.CHUNK_BYTES = default
+    alternate_times(inputs, True, default, rounds=2, calls=50)  # warm-up
+    timing = alternate_times(inputs, True, default, rounds, calls)
     # What chunking adds to a call that is not chunked: the budget test (besides two Python calls).
     logits, means, log_stds = (tensor.detach() for tensor in inputs)
     params = mixture_params(logits, means, log_stds.exp())
@@ -186,11 +204,10 @@ def small_batch_times(rounds: int, calls: int) -> Dict[str, float]:
     for _ in range(decision_calls):
         quadrature._chunking(params, features)
     decision_us = (time.perf_counter() - start) / decision_calls * 1e6
-    ratios = [on / off for on, off in zip(samples["on"], samples["off"])]
     return {
-        "on_us": statistics.median(samples["on"]),
-        "off_us": statistics.median(samples["off"]),
-        "ratio": statistics.median(ratios),
+        "on_us": timing["on_seconds"] * 1e6,
+        "off_us": timing["off_seconds"] * 1e6,
+        "ratio": timing["ratio"],
         "decision_us": decision_us,
         "rounds": rounds,
         "calls": calls,
@@ -209,16 +226,23 @@ def _mb(value: float) -> str:
     return f"{value / 1e6:,.0f}"
 
 
+def _times(case: Dict[str, Any]) -> List[str]:
+    """Seconds off, on and their ratio: side by side where the case had rounds, else each process's one call."""
+    timing = case["on"].get("timing")
+    if timing:
+        return [_report.fmt(timing["off_seconds"]), _report.fmt(timing["on_seconds"]), f"{timing['ratio']:.2f}"]
+    return [f"({_report.fmt(case['off']['seconds'])})", f"({_report.fmt(case['on']['seconds'])})", "-"]
+
+
 def render(record: Dict[str, Any], results: Dict[str, Any], minutes: float) -> str:
     default = results["default_budget"]
     rows = []
     intermediates = []  # one-pass peak in units of one [B, K, K, n] tensor
     for case in results["sizes"]:
-        off, on = case["off"], case["on"]
         n_points = _n_points(case["n_components"], case["dim"])
         intermediate = case["batch"] * case["n_components"] ** 2 * n_points * 4
         if case["backward"]:
-            intermediates.append(off["peak_bytes"] / intermediate)
+            intermediates.append(case["off"]["peak_bytes"] / intermediate)
         rows.append(
             [
                 f"{case['batch']:,}",
@@ -226,21 +250,27 @@ def render(record: Dict[str, Any], results: Dict[str, Any], minutes: float) -> s
                 case["dim"],
                 "fwd + bwd" if case["backward"] else "fwd",
                 _mb(intermediate),
-                _mb(off["peak_bytes"]),
-                _mb(on["peak_bytes"]),
-                _report.fmt(off["seconds"]),
-                _report.fmt(on["seconds"]),
+                _mb(case["off"]["peak_bytes"]),
+                _mb(case["on"]["peak_bytes"]),
+                *_times(case),
+                case["on"].get("timing", {}).get("rounds", "-"),
             ]
         )
     sizes_table = _report.markdown_table(
-        ["B", "K", "D", "call", "one [B, K, K, n], MB", "peak MB, off", "peak MB, on", "seconds, off", "seconds, on"],
+        ["B", "K", "D", "call", "one [B, K, K, n], MB", "peak MB, off", "peak MB, on", "seconds, off",
+         "seconds, on", "on / off", "rounds"],
         rows,
-    )
+    )  # fmt: skip
     sweep_rows = [
-        [_budget_label(case["budget"]), _mb(case["peak_bytes"]), _report.fmt(case["seconds"])]
+        [
+            _budget_label(case["budget"]),
+            _mb(case["peak_bytes"]),
+            _report.fmt(case["timing"]["on_seconds"]),
+            f"{case['timing']['ratio']:.2f}",
+        ]
         for case in results["sweep"]
     ]
-    sweep_table = _report.markdown_table(["CHUNK_BYTES", "peak MB", "seconds"], sweep_rows)
+    sweep_table = _report.markdown_table(["CHUNK_BYTES", "peak MB", "seconds", "on / off"], sweep_rows)
     small = results["small_batch"]
     small_table = _report.markdown_table(
         ["chunking", "microseconds per forward + backward"],
@@ -258,17 +288,20 @@ def render(record: Dict[str, Any], results: Dict[str, Any], minutes: float) -> s
     b, k, d = results["sweep_size"]
     return f"""
 Default estimator (`qmc`, 64 points per component; in 1-D the Gauss-Hermite nodes left after dropping negligible
-ones), float32, one call; "off" is `CHUNK_BYTES = math.inf` (the kernel before chunking), "on" the default budget of
-{default / MIB:g} MiB. Peak MB is the rise of the process's resident memory during the call over its level just before
-(so the inputs do not count; the gradients the call returns do), {results["method"]}; seconds is the median of
-{results["repeats"]} further call(s) in the same process.
+ones), float32. "off" is `CHUNK_BYTES = math.inf` (the kernel before chunking), "on" the default budget of
+{default / MIB:g} MiB. Peak MB is the rise of the process's resident memory during one call, each in a fresh process,
+over its level just before (so the inputs do not count; the gradients the call returns do), read as
+{results["method"]}. Seconds per call: on and off alternately in one process, medians over the rounds shown, and
+the median of the rounds' on / off ratios; in parentheses where the case had no rounds, the measured call's own
+time (each in its own process, so not side by side).
 
 {sizes_table}{verdict}
 
 Without chunking a forward + backward peaks at {min(intermediates):.1f} to {max(intermediates):.1f} times one
 `[B, K, K, n]` tensor (`4 B K^2 n` bytes in float32).
 
-The budget, forward + backward at B = {b:,}, K = {k}, D = {d}:
+The budget, forward + backward at B = {b:,}, K = {k}, D = {d} (seconds: {results["sweep_rounds"]} round(s) against
+chunking off, as above):
 
 {sweep_table}
 
@@ -294,9 +327,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write", action="store_true", help="rewrite the generated block of docs/memory.md")
     parser.add_argument("--quick", action="store_true", help="small sizes only (a smoke test)")
-    parser.add_argument("--repeats", type=int, default=1, help="timed calls per large case after the measured one")
-    parser.add_argument("--rounds", type=int, default=21, help="alternating rounds of the small-batch timing")
-    parser.add_argument("--calls", type=int, default=200, help="calls per round of the small-batch timing")
+    parser.add_argument("--rounds", type=int, default=101, help="alternating rounds of the small-batch timing")
+    parser.add_argument("--calls", type=int, default=40, help="calls per round of the small-batch timing")
     parser.add_argument("--page", type=Path, default=PAGE, help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -309,7 +341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     started = time.perf_counter()
     default = quadrature.CHUNK_BYTES
     cases = QUICK_CASES if args.quick else CASES
-    results: Dict[str, Any] = {"default_budget": default, "quick": args.quick, "repeats": args.repeats}
+    results: Dict[str, Any] = {"default_budget": default, "quick": args.quick, "sweep_rounds": SWEEP_ROUNDS}
     print("sizes, chunking off and on:", flush=True)
     results["sizes"] = [
         {
@@ -317,16 +349,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             "n_components": n_components,
             "dim": dim,
             "backward": backward,
-            "off": measure(batch, n_components, dim, math.inf, backward, args.repeats),
-            "on": measure(batch, n_components, dim, default, backward, args.repeats),
+            "off": measure(batch, n_components, dim, math.inf, backward, 0),
+            "on": measure(batch, n_components, dim, default, backward, rounds),
         }
-        for batch, n_components, dim, backward in cases
+        for batch, n_components, dim, backward, rounds in cases
     ]
     results["method"] = results["sizes"][0]["on"]["method"]
     results["sweep_size"] = QUICK_CASES[0][:3] if args.quick else SWEEP_SIZE
     print("budget sweep:", flush=True)
     sweep_budgets = (1.0 * MIB, 16.0 * MIB) if args.quick else tuple(value * MIB for value in SWEEP_MIB)
-    results["sweep"] = [measure(*results["sweep_size"], budget, True, args.repeats) for budget in sweep_budgets]
+    results["sweep"] = [measure(*results["sweep_size"], budget, True, SWEEP_ROUNDS) for budget in sweep_budgets]
     print("small batch:", flush=True)
     results["small_batch"] = small_batch_times(args.rounds, args.calls)
     body = render(record, results, (time.perf_counter() - started) / 60.0)
