@@ -344,13 +344,14 @@ class _FusedQuadratureEntropy(th.autograd.Function):
     tensor per direction (two in the forward for the responsibility entropy).
 
     Memory: the one-pass forward keeps two ``[..., K, K, n]`` tensors for the backward (3.3 GB at B = 100k, K = 8,
-    n = 64 in float32) and its peak is about three of them. When one would exceed :data:`CHUNK_BYTES`, the batch is
-    flattened and processed in chunks that each fit it instead, and nothing of that size outlives its chunk: the
-    forward also computes each chunk's gradient for an incoming gradient of one (when a graph is being recorded),
-    and the backward only scales those by the incoming gradient, which enters linearly. That costs no extra pass
-    (recomputing the chunks in the backward would repeat the forward, the larger half of the work); it is wasted
-    only when the graph is never back-propagated, or with an all-zero incoming gradient, which the one-pass backward
-    skips. Values and gradients equal the one-pass path's up to rounding (docs/memory.md).
+    n = 64 in float32), and a forward + backward peaks at over four of them. When one would exceed
+    :data:`CHUNK_BYTES` (on the CPU; :data:`GPU_CHUNK_BYTES` elsewhere), the batch is flattened and processed in
+    chunks that each fit it instead, and nothing of that size outlives its chunk: the forward also computes each
+    chunk's gradient for an incoming gradient of one (when a graph is being recorded), and the backward only scales
+    those by the incoming gradient, which enters linearly. That costs no extra pass (recomputing the chunks in the
+    backward would repeat the forward, the larger half of the work); it is wasted only when the graph is never
+    back-propagated, or with an all-zero incoming gradient, which the one-pass backward skips. Values and gradients
+    equal the one-pass path's up to rounding (docs/memory.md).
 
     The hand-written gradient is built from saved constants, so it is not itself differentiable. It serves every
     backward pass that records no graph (``create_graph=False``: each optimiser step). A backward that does record
