@@ -1,6 +1,6 @@
 """One-dimensional point rules for the qmc estimator: Gauss-Hermite (the default) against evenly spaced rules.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.rule_1d            # prints the tables (about 2 min on one core)
+    OMP_NUM_THREADS=1 python -m benchmarks.rule_1d            # prints the tables (under a minute on one core)
     OMP_NUM_THREADS=1 python -m benchmarks.rule_1d --write    # and writes them into docs/qmc_design.md
 
 In one dimension ``qmc`` integrates each component's bounded correction ``E_{N_i}[h]`` (``h`` the entropy of the
