@@ -10,9 +10,11 @@ from sb3_gmm.entropy._common import mixture_params
 from sb3_gmm.entropy.quadrature import (
     INTEGRANDS,
     NEGLIGIBLE_NODE_WEIGHT,
+    SINH_RULE_SCALE,
     _qmc_rule,
     gauss_hermite_points,
     quadrature_entropy,
+    sinh_normal_points,
 )
 
 
@@ -168,14 +170,23 @@ def test_zero_incoming_gradient_gives_zero_gradients():
     assert th.equal(grads[0][:2], th.zeros_like(grads[0][:2]))
 
 
-def test_one_dimensional_rule_drops_only_negligible_nodes():
+def test_one_dimensional_rule_costs_what_gauss_hermite_keeps():
+    """The 1-D rule evaluates as many nodes as Gauss-Hermite keeps above the negligible weight, sinh-spaced from 8
+    nodes on, Gauss-Hermite below."""
     points, point_weights, _ = _qmc_rule(4, 1, 64, 0, th.float64, th.device("cpu"))
     full_points, full_weights = gauss_hermite_points(64)
-    assert 20 < points.shape[0] < 64
-    assert abs(float(point_weights.sum()) - 1.0) < 1e-12
+    kept = int((full_weights > NEGLIGIBLE_NODE_WEIGHT).sum())
+    assert points.shape[0] == kept == 36
+    expected_points, expected_weights = sinh_normal_points(kept, SINH_RULE_SCALE)
+    assert th.equal(points, expected_points) and th.equal(point_weights, expected_weights)
+    small_points, _, _ = _qmc_rule(4, 1, 4, 0, th.float64, th.device("cpu"))
+    assert th.equal(small_points, gauss_hermite_points(4)[0])
+    # Dropping the negligible Gauss-Hermite nodes changes the estimate far below float32 resolution.
     dropped = full_weights[full_weights <= NEGLIGIBLE_NODE_WEIGHT]
     assert float(dropped.sum()) < 1e-10
-    # Estimates with and without the dropped nodes agree far below float32 resolution, wide components included.
+    kept_mask = full_weights > NEGLIGIBLE_NODE_WEIGHT
+    points = full_points[kept_mask]
+    point_weights = full_weights[kept_mask] / full_weights[kept_mask].sum()
     th.manual_seed(1)
     logits = th.randn(16, 4, dtype=th.float64)
     means = 3.0 * th.randn(16, 4, 1, dtype=th.float64)
