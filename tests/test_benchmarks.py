@@ -123,3 +123,14 @@ def test_rl_results_page_matches_the_committed_runs():
     page = (rl_compare.REPO_ROOT / "docs" / "rl_results.md").read_text()
     for line in rl_compare.results_table(results).splitlines():
         assert line in page, f"docs/rl_results.md does not show {line!r}: re-run rl_compare.py --report --write"
+
+
+@pytest.mark.slow  # about 30 s of CPU: several fresh subprocesses
+def test_memory_script_quick_run_writes_its_page(tmp_path):
+    """The memory benchmark's smoke run: fresh-process measurements with chunking off and on, and its page."""
+    from benchmarks import memory
+
+    page = tmp_path / "memory.md"
+    memory.main(["--quick", "--rounds", "3", "--calls", "2", "--write", "--page", str(page)])
+    text = page.read_text()
+    assert "python -m benchmarks.memory --quick" in text and "chunking" in text
