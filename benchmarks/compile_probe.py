@@ -51,9 +51,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 # Compile times below are for an empty inductor cache unless the caller points TORCHINDUCTOR_CACHE_DIR elsewhere: a
-# private directory, set before torch is imported (inductor reads it once).
+# private directory, set before torch is imported (inductor reads it once). Only when run as a script: importing the
+# module (tests, other benchmarks) must not create directories.
 _PRIVATE_CACHE: Optional[str] = None
-if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+if __name__ == "__main__" and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
     _PRIVATE_CACHE = tempfile.mkdtemp(prefix="compile_probe_inductor_")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = _PRIVATE_CACHE
 
