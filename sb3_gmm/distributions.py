@@ -47,8 +47,9 @@ def soft_clamp(values: th.Tensor, low: float, high: float, margin: float = LOG_S
     # Fast path, exact (value and gradient): in training the log stds sit inside the bounds nearly always, and on
     # the CPU the ten recorded ops of the general case cost more than the rest of proba_distribution. (On a GPU the
     # check would force a device sync every call, so the general, asynchronous path is kept there.)
-    # (aminmax has no identity, so an empty tensor takes the general path, which returns it unchanged.)
-    if values.device.type == "cpu" and values.numel() > 0:
+    # (aminmax has no identity, so an empty tensor takes the general path, which returns it unchanged.) Under
+    # torch.compile the check would read a changing value into Python: a recompile every optimiser step.
+    if values.device.type == "cpu" and values.numel() > 0 and not th.compiler.is_compiling():
         smallest, largest = values.detach().aminmax()
         if inner_low <= float(smallest) and float(largest) <= inner_high:
             return values
@@ -283,7 +284,9 @@ class GMMDistribution(Distribution):
                 f"log_std must have shape (K, D) = {(n_components, dim)}, the parameter created by "
                 f"proba_distribution_net(), got {tuple(log_std.shape)}"
             )
-        if self._validation_enabled():
+        # Under torch.compile the check's device sync would break the graph (and guard on a value that changes every
+        # step); a compiled policy is checked only where it runs eagerly (the rollout, unless compiled too).
+        if self._validation_enabled() and not th.compiler.is_compiling():
             self._check_finite(action_params, log_std)
         if raw_log_std is not None:
             log_stds = soft_clamp(raw_log_std, self.log_std_min, self.log_std_max)

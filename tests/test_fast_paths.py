@@ -98,3 +98,29 @@ def test_entropy_in_loss_survives_save_and_load(tmp_path):
     model.save(tmp_path / "model")
     loaded = PPO.load(tmp_path / "model")
     assert loaded.policy.gmm_distribution.entropy_in_loss is False
+
+
+def test_compiled_code_takes_graph_friendly_paths(monkeypatch):
+    """Under torch.compile (is_compiling() True) the CPU shortcuts that read values into Python are skipped: the
+    log-std clamp takes its general path, the bind-time finiteness check is skipped and the entropy uses the autograd
+    reference, so a compiled policy neither breaks its graph nor recompiles every step (docs/compile.md). The values
+    are the same."""
+    from sb3_gmm.distributions import soft_clamp
+    from sb3_gmm.entropy import quadrature
+
+    distribution = GMMDistribution(2, n_components=3)
+    params = th.randn(5, distribution.n_params)
+    log_std = th.zeros(3, 2)
+    expected = distribution.proba_distribution(params, log_std).entropy_estimate()
+    expected_clamp = soft_clamp(th.tensor([0.0, 1.0]), -5.0, 2.0)
+
+    calls = []
+    monkeypatch.setattr(quadrature._FusedQuadratureEntropy, "apply", lambda *args: calls.append(args))
+    monkeypatch.setattr(th.compiler, "is_compiling", lambda: True)
+    bad = params.clone()
+    bad[0, 0] = float("nan")
+    distribution.proba_distribution(bad, log_std)  # no check, no raise (the rollout, run eagerly, still checks)
+    found = distribution.proba_distribution(params, log_std).entropy_estimate()
+    th.testing.assert_close(found, expected)
+    assert not calls, "the hand-written kernel ran under compile"
+    th.testing.assert_close(soft_clamp(th.tensor([0.0, 1.0]), -5.0, 2.0), expected_clamp)

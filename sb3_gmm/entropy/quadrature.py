@@ -144,7 +144,9 @@ def quadrature_entropy(
     if features is None:
         features = point_features(points)
     responsibility_entropy = integrand == "responsibility_entropy"
-    if fused:
+    # torch.compile traces the autograd reference into one graph (inductor fuses it); the hand-written Function
+    # would break the graph twice per call (docs/compile.md).
+    if fused and not th.compiler.is_compiling():
         chunking = _chunking(params, features)
         estimate = _FusedQuadratureEntropy.apply(*params, features, point_weights, responsibility_entropy, chunking)
     else:

@@ -221,7 +221,9 @@ class SquashedGMMDistribution(Distribution):
             logits = th.zeros((*batch_shape, 1), dtype=means.dtype, device=means.device)
         elif logits.shape != (*batch_shape, n_components):
             raise ValueError(f"logits must have shape {(*batch_shape, n_components)}, got {tuple(logits.shape)}")
-        if get_validate_args() if self.validate_args is None else self.validate_args:
+        # Skipped under torch.compile, as in GMMDistribution (the device sync would break the graph every step).
+        validate = get_validate_args() if self.validate_args is None else self.validate_args
+        if validate and not th.compiler.is_compiling():
             # At bind time, so NaN never reaches sample(), mode() and hence the environment.
             parts = {"logits": logits, "means": means, "log stds": log_stds}
             check_finite_mixture_parameters("SquashedGMMDistribution", parts, batch_dims=len(batch_shape))
