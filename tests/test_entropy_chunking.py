@@ -88,6 +88,16 @@ def test_chunked_equals_one_pass(monkeypatch, forward_calls, batch_shape, method
         th.testing.assert_close(value, reference, rtol=1e-12, atol=1e-12)
 
 
+def _standard_points(kind: str, batch: int, n_components: int, n_points: int, dim: int) -> th.Tensor:
+    """Random float64 points in each layout the kernel takes: shared, per component, per batch element."""
+    shape = {
+        "shared": (n_points, dim),
+        "per_component": (n_components, n_points, dim),
+        "per_batch": (batch, n_components, n_points, dim),
+    }[kind]
+    return th.randn(shape, dtype=th.float64)
+
+
 @pytest.mark.parametrize("points_kind", ["shared", "per_component", "per_batch"])
 def test_chunked_accepts_expanded_inputs(monkeypatch, forward_calls, points_kind):
     """quadrature_entropy called directly with one weight vector and one std for the whole batch, expanded (stride
@@ -97,11 +107,7 @@ def test_chunked_accepts_expanded_inputs(monkeypatch, forward_calls, points_kind
     log_weights = th.log_softmax(th.randn(n_components, dtype=th.float64), -1).requires_grad_()
     means = th.randn(batch, n_components, dim, dtype=th.float64).requires_grad_()
     log_stds = (0.3 * th.randn(n_components, dim, dtype=th.float64)).requires_grad_()
-    points = {
-        "shared": th.randn(n_points, dim, dtype=th.float64),
-        "per_component": th.randn(n_components, n_points, dim, dtype=th.float64),
-        "per_batch": th.randn(batch, n_components, n_points, dim, dtype=th.float64),
-    }[points_kind]
+    points = _standard_points(points_kind, batch, n_components, n_points, dim)
     point_weights = th.full((n_points,), 1.0 / n_points, dtype=th.float64)
 
     def run(budget: float):
@@ -132,11 +138,7 @@ def test_chunked_accepts_expanded_inputs(monkeypatch, forward_calls, points_kind
 def test_chunked_path_passes_gradcheck_and_gradgradcheck(monkeypatch, forward_calls, points_kind, integrand):
     th.manual_seed(1)
     batch, n_components, dim, n_points = 5, 3, 2, 6
-    points = {
-        "shared": th.randn(n_points, dim, dtype=th.float64),
-        "per_component": th.randn(n_components, n_points, dim, dtype=th.float64),
-        "per_batch": th.randn(batch, n_components, n_points, dim, dtype=th.float64),
-    }[points_kind]
+    points = _standard_points(points_kind, batch, n_components, n_points, dim)
     point_weights = th.full((n_points,), 1.0 / n_points, dtype=th.float64)
     inputs = (
         th.randn(batch, n_components, dtype=th.float64, requires_grad=True),
