@@ -484,15 +484,20 @@ def multigoal_table(results: List[Dict[str, Any]], suite: str) -> str:
     return "\n".join(lines)
 
 
-def pendulum_table(results: List[Dict[str, Any]]) -> str:
+def control_table(results: List[Dict[str, Any]], suite: str) -> str:
+    """Returns of a control task (Pendulum, LunarLander): IQM cells plus every seed's deterministic return, so a
+    failed seed shows as itself rather than only as a wider interval."""
     lines = [
-        "| policy | log_pi | seeds | deterministic return | stochastic return | final ent_coef | min/run |",
-        "|---|---|---|---|---|---|---|",
+        "| policy | log_pi | seeds | deterministic return | per-seed deterministic | stochastic return "
+        "| final ent_coef | min/run |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for config in present_configs(results, "pendulum"):
-        runs = select(results, "pendulum", config)
+    for config in present_configs(results, suite):
+        runs = sorted(select(results, suite, config), key=lambda r: r["spec"]["seed"])
+        per_seed = " ".join(f"{r['deterministic_return']:.0f}" for r in runs)
         lines.append(
             f"| {config} | {log_pi_label(runs)} | {len(runs)} | {iqm_cell([r['deterministic_return'] for r in runs])} "
+            f"| {per_seed} "
             f"| {iqm_cell([r['stochastic_return'] for r in runs])} "
             f"| {np.median([r['options']['ent_coef_final'] for r in runs]):.3g} "
             f"| {np.median([r['wall_seconds'] for r in runs]) / 60:.1f} |"
@@ -619,6 +624,7 @@ def make_figures(results: List[Dict[str, Any]], figures_dir: Path) -> List[Path]
         plot_sweep(results, figures_dir / "maxent_sweep.png"),
         plot_rollouts(results, "sweep", figures_dir / "maxent_sweep_rollouts.png"),
         plot_curves(results, "pendulum", ("return",), figures_dir / "maxent_pendulum_curves.png"),
+        plot_curves(results, "lunar", ("return",), figures_dir / "maxent_lunar_curves.png"),
     ]
     return [path for path in made if path is not None]
 
@@ -630,12 +636,13 @@ def report(results: List[Dict[str, Any]], throughput: Optional[Dict[str, Any]], 
         "multigoal": "MultiGoal-v0, learned temperature",
         "sweep": "MultiGoal-v0, fixed temperatures",
         "pendulum": "Pendulum-v1, learned temperature",
+        "lunar": "LunarLanderContinuous-v3, learned temperature",
     }
     for suite, title in titles.items():
         runs = [r for r in results if r["spec"]["suite"] == suite]
         if runs:
             steps = ", ".join(f"{s:,}" for s in sorted({r["spec"]["timesteps"] for r in runs}))
-            table = pendulum_table(results) if suite == "pendulum" else multigoal_table(results, suite)
+            table = control_table(results, suite) if suite in ("pendulum", "lunar") else multigoal_table(results, suite)
             sections += [f"#### {title} ({steps} steps per run)", "", table, ""]
     if throughput is not None:
         sections += ["#### Throughput", "", throughput_text(throughput), ""]
@@ -653,7 +660,8 @@ def write_page(page: Path, argv: Sequence[str], body: str, results: List[Dict[st
     text = "\n".join(
         [
             provenance(run_record("benchmarks.maxent_compare", argv), minutes, "sum of the runs' wall times"),
-            f"Runs made at commit(s) {', '.join(f'`{c}`' for c in commits)}, one at a time with one torch thread. "
+            f"Runs made at commit(s) {', '.join(f'`{c}`' for c in commits)}, each with one torch thread "
+            "(one run at a time, except LunarLander: two side by side, one per core). "
             "Cells: IQM over seeds with a 95% bootstrap interval; returns are unscaled environment returns.",
             "",
             body,
