@@ -1,0 +1,182 @@
+"""Where the default estimator's time goes at a PPO minibatch: a fixed cost per call, and a cost per point.
+
+The throughput targets of docs/performance.md leave the mixture path about 100 us per minibatch step at K = 4. This
+script splits the default estimator's forward + backward at B = 64 into
+
+- the **fixed part**: the same call with the smallest point set (``n_points=2``), i.e. the ~90 eager ops of the
+  kernel and its bookkeeping with almost no arithmetic behind them; what no choice of points can remove;
+- the **per-point part**: the rest, divided by the number of points the default evaluates per component (36 nodes
+  in 1-D, 64 Sobol points above), i.e. the arithmetic over the ``[B, K, K, n]`` intermediate.
+
+``component_average`` (a few ops, no points) and one PPO minibatch step of SB3's MlpPolicy (evaluate_actions,
+backward, gradient clipping and Adam at B = 64, Pendulum-v1) give the scale. Every configuration is timed in each of
+several rounds, alternating, and the median over rounds is reported (the machine is shared).
+
+Usage::
+
+    python -m benchmarks.entropy_cost                 # print the table
+    python -m benchmarks.entropy_cost --write         # also rewrite its block in docs/performance.md
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch as th  # noqa: E402
+
+from benchmarks import _report  # noqa: E402
+from sb3_gmm.entropy import DEFAULT_METHOD, gmm_entropy  # noqa: E402
+from sb3_gmm.entropy.quadrature import _qmc_rule  # noqa: E402
+
+BATCH_SIZE = 64
+CELLS: Tuple[Tuple[int, int], ...] = ((2, 1), (4, 1), (8, 1), (2, 6), (4, 6), (8, 6))
+SMALLEST_POINT_SET = 2
+
+
+def evaluated_points(n_components: int, dim: int, n_points: int) -> int:
+    """Points per component the default rule evaluates for ``n_points`` (the 1-D rule keeps fewer nodes)."""
+    points, _, _ = _qmc_rule(n_components, dim, n_points, 0, th.float32, th.device("cpu"))
+    return int(points.shape[-2])
+
+
+def entropy_call(n_components: int, dim: int, **options: Any) -> Callable[[], None]:
+    """One forward + backward of ``gmm_entropy`` on a fixed random batch of B = 64 mixtures."""
+    generator = th.Generator().manual_seed(0)
+    logits = th.randn(BATCH_SIZE, n_components, generator=generator).requires_grad_()
+    means = th.randn(BATCH_SIZE, n_components, dim, generator=generator).requires_grad_()
+    stds = (0.5 + th.rand(BATCH_SIZE, n_components, dim, generator=generator)).requires_grad_()
+
+    def call() -> None:
+        gmm_entropy(logits, means, stds, **options).sum().backward()
+
+    return call
+
+
+def ppo_step_call() -> Callable[[], None]:
+    """One PPO minibatch update of SB3's MlpPolicy on Pendulum-v1 shapes (B = 64), as ``PPO.train`` does it."""
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+
+    policy = PPO("MlpPolicy", gym.make("Pendulum-v1"), n_steps=BATCH_SIZE, batch_size=BATCH_SIZE, device="cpu").policy
+    generator = th.Generator().manual_seed(0)
+    observations = th.randn(BATCH_SIZE, 3, generator=generator)
+    actions, advantages, returns, old_log_prob = (th.randn(BATCH_SIZE, generator=generator) for _ in range(4))
+    actions = actions.unsqueeze(-1)
+
+    def call() -> None:
+        values, log_prob, entropy = policy.evaluate_actions(observations, actions)
+        ratio = th.exp(log_prob - old_log_prob)
+        policy_loss = -th.min(advantages * ratio, advantages * th.clamp(ratio, 0.8, 1.2)).mean()
+        loss = policy_loss - 0.01 * entropy.mean() + 0.5 * (returns - values.flatten()).square().mean()
+        policy.optimizer.zero_grad()
+        loss.backward()
+        th.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
+        policy.optimizer.step()
+
+    return call
+
+
+def time_calls(calls: Dict[str, Callable[[], None]], rounds: int, per_round: int) -> Dict[str, List[float]]:
+    """Microseconds per call of each entry, one block per round, the entries alternating within every round."""
+    for call in calls.values():  # warm-up: caches, the allocator, the point sets' lru_cache
+        for _ in range(30):
+            call()
+    samples: Dict[str, List[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            for _ in range(per_round):
+                call()
+            samples[name].append((time.perf_counter() - start) / per_round * 1e6)
+    return samples
+
+
+def measure(rounds: int, per_round: int) -> Dict[str, Any]:
+    calls: Dict[str, Callable[[], None]] = {"ppo_step_mlp": ppo_step_call()}
+    points: Dict[str, int] = {}
+    for n_components, dim in CELLS:
+        cell = f"K{n_components}-D{dim}"
+        calls[f"{cell}-default"] = entropy_call(n_components, dim)
+        calls[f"{cell}-fixed"] = entropy_call(n_components, dim, method="qmc", n_points=SMALLEST_POINT_SET)
+        calls[f"{cell}-component_average"] = entropy_call(n_components, dim, method="component_average")
+        points[cell] = evaluated_points(n_components, dim, 64)
+        points[f"{cell}-fixed"] = evaluated_points(n_components, dim, SMALLEST_POINT_SET)
+    samples = time_calls(calls, rounds, per_round)
+    return dict(samples=samples, points=points, rounds=rounds, per_round=per_round)
+
+
+def render(payload: Dict[str, Any]) -> str:
+    medians = {name: float(np.median(values)) for name, values in payload["samples"].items()}
+    step = medians["ppo_step_mlp"]
+    rows = []
+    for n_components, dim in CELLS:
+        cell = f"K{n_components}-D{dim}"
+        total, fixed = medians[f"{cell}-default"], medians[f"{cell}-fixed"]
+        n_points, n_fixed = payload["points"][cell], payload["points"][f"{cell}-fixed"]
+        per_point = (total - fixed) / max(n_points - n_fixed, 1)
+        rows.append(
+            [
+                n_components,
+                dim,
+                n_points,
+                f"{total:.0f}",
+                f"{fixed:.0f} ({fixed / total:.0%})",
+                f"{per_point:.1f}",
+                f"{medians[f'{cell}-component_average']:.0f}",
+                f"{total / step:.2f}",
+            ]
+        )
+    table = _report.markdown_table(
+        [
+            "K",
+            "D",
+            "points per component",
+            f"default ({DEFAULT_METHOD}) us",
+            "fixed part us (share)",
+            "us per point",
+            "component_average us",
+            "default / MlpPolicy step",
+        ],
+        rows,
+    )
+    return "\n".join(
+        [
+            _report.provenance(payload["record"], payload["minutes"]),
+            "",
+            f"Entropy estimate, forward + backward at B = {BATCH_SIZE}, microseconds per call (median of "
+            f"{payload['rounds']} alternating rounds of {payload['per_round']} calls). Fixed part: the same call "
+            f"with n_points={SMALLEST_POINT_SET}. For scale, one PPO minibatch step of SB3's MlpPolicy "
+            f"(Pendulum-v1 shapes): **{step:.0f} us**.",
+            "",
+            table,
+        ]
+    )
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--per-round", type=int, default=100, help="calls per configuration and round")
+    parser.add_argument("--write", nargs="?", type=Path, const=_report.DOCS / "performance.md", default=None)
+    args = parser.parse_args(argv)
+    th.set_num_threads(1)
+    record = _report.run_record("benchmarks.entropy_cost", sys.argv[1:] if argv is None else argv)
+    start = time.perf_counter()
+    payload = measure(args.rounds, args.per_round)
+    payload.update(record=record, minutes=(time.perf_counter() - start) / 60)
+    body = render(payload)
+    print(body)
+    if args.write:
+        _report.write_json(_report.DOCS / "data" / "entropy_cost.json", payload)
+        _report.write_generated(args.write, "benchmarks/entropy_cost.py", body, "Training throughput")
+        print("wrote", args.write)
+
+
+if __name__ == "__main__":
+    main()
