@@ -203,6 +203,65 @@ def table(results: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def plot_densities(results: List[Dict[str, Any]], path: Path) -> Optional[Path]:
+    """Per temperature and actor: every seed's density at the first observation over pi*, in the action a."""
+    plt = _report.pyplot()
+    temperatures = [t for t in TEMPERATURES if any(r["temperature"] == t for r in results)]
+    if not temperatures:
+        return None
+    figure, axes = plt.subplots(
+        len(temperatures), len(ACTORS), figsize=(4 * len(ACTORS), 3 * len(temperatures)), squeeze=False
+    )
+    for row, temperature in enumerate(temperatures):
+        for column, actor in enumerate(ACTORS):
+            axis = axes[row][column]
+            runs = sorted(
+                (r for r in results if r["actor"] == actor and r["temperature"] == temperature),
+                key=lambda r: r["seed"],
+            )
+            for run in runs:
+                u = np.asarray(run["density_u"])
+                jacobian = 1.0 - np.tanh(u) ** 2  # density in a = density in u / (1 - a^2)
+                inside = jacobian > 1e-6
+                axis.plot(np.tanh(u)[inside], (np.asarray(run["density"]) / jacobian)[inside], alpha=0.7, lw=1)
+            if runs:
+                u = np.asarray(runs[0]["density_u"])
+                jacobian = 1.0 - np.tanh(u) ** 2
+                inside = jacobian > 1e-6
+                optimal = np.asarray(runs[0]["optimal_density"]) / jacobian
+                axis.plot(np.tanh(u)[inside], optimal[inside], "k--", lw=1.5, label="pi* (closed form)")
+                axis.legend(fontsize=7)
+            axis.set_title(f"{actor}, alpha {temperature}", fontsize=9)
+            axis.set_xlim(-1, 1)
+            axis.set_xlabel("action a")
+    figure.suptitle("TwoPeakBandit, SAC at a fixed temperature: policy density at the first step (one line per seed)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def render(results: List[Dict[str, Any]], figure: Optional[Path], page: Path) -> str:
+    records = {json.dumps(r["record"], sort_keys=True): r["record"] for r in results}
+    record = next(iter(records.values()))
+    minutes = sum(r["train_seconds"] for r in results) / 60
+    steps = ", ".join(f"{s:,}" for s in sorted({r["timesteps"] for r in results}))
+    lines = [
+        _report.provenance(record, minutes, "sum of the runs' training times"),
+        "",
+        f"#### TwoPeakBandit-v0, fixed temperatures ({steps} steps per run)",
+        "",
+        "KL and peak masses: mean over the observations "
+        f"{', '.join(str(o) for o in EVAL_OBSERVATIONS)} (the fraction of the episode still to play); cells: IQM "
+        "over seeds with a 95% bootstrap interval.",
+        "",
+        table(results),
+    ]
+    if figure is not None:
+        lines += ["", f"Figure: [{figure.stem}]({os.path.relpath(figure, page.parent)})."]
+    return "\n".join(lines)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--actors", nargs="+", default=list(ACTORS), choices=list(ACTORS))
@@ -210,13 +269,20 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--timesteps", type=int, default=TIMESTEPS)
     parser.add_argument("--out", type=Path, default=OUT_DIR)
-    parser.add_argument("--report", action="store_true")
-    parser.add_argument("--write", nargs="?", type=Path, const=PAGE, default=None)
+    parser.add_argument("--report", action="store_true", help="print the table of the finished runs")
+    parser.add_argument("--write", nargs="?", type=Path, const=PAGE, default=None, help="regenerate this page's block")
     args = parser.parse_args(argv)
     if not (args.report or args.write):
         run_grid(args.out, args.actors, args.temperatures, args.seeds, args.timesteps)
         return
-    print(table(load(args.out)))
+    results = load(args.out)
+    page = args.write or PAGE
+    figure = plot_densities(results, _report.DOCS / "figures" / "maxent_bandit_densities.png") if args.write else None
+    body = render(results, figure, page)
+    print(body)
+    if args.write:
+        _report.write_generated(args.write, SCRIPT, body, "Max-entropy RL with a mixture actor")
+        print("wrote", args.write)
 
 
 if __name__ == "__main__":
