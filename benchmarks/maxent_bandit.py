@@ -85,7 +85,7 @@ def policy_log_density(model, u: np.ndarray, observation: float) -> np.ndarray:
 
 def kl_and_masses(log_p: np.ndarray, log_q: np.ndarray, u: np.ndarray) -> Dict[str, float]:
     p = np.exp(log_p)
-    integrand = np.where(p > 0, p * (log_p - log_q), 0.0)
+    integrand = p * np.where(p > 0, log_p - log_q, 0.0)  # 0 log 0 = 0 where the policy has no mass
     return {
         "kl": float(np.trapezoid(integrand, u)),
         "mass": float(np.trapezoid(p, u)),
@@ -206,6 +206,7 @@ def table(results: List[Dict[str, Any]]) -> str:
 def plot_densities(results: List[Dict[str, Any]], path: Path) -> Optional[Path]:
     """Per temperature and actor: every seed's density at the first observation over pi*, in the action a."""
     plt = _report.pyplot()
+    path.parent.mkdir(parents=True, exist_ok=True)
     temperatures = [t for t in TEMPERATURES if any(r["temperature"] == t for r in results)]
     if not temperatures:
         return None
@@ -277,7 +278,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         return
     results = load(args.out)
     page = args.write or PAGE
-    figure = plot_densities(results, _report.DOCS / "figures" / "maxent_bandit_densities.png") if args.write else None
+    # The figure sits in the page's figures folder (docs/figures for the docs page).
+    figure = plot_densities(results, page.parent / "figures" / "maxent_bandit_densities.png") if args.write else None
     body = render(results, figure, page)
     print(body)
     if args.write:

@@ -134,3 +134,43 @@ def test_memory_script_quick_run_writes_its_page(tmp_path):
     memory.main(["--quick", "--rounds", "3", "--calls", "2", "--write", "--page", str(page)])
     text = page.read_text()
     assert "python -m benchmarks.memory --quick" in text and "chunking" in text
+
+
+def test_bandit_optimal_policy_and_kl_are_exact_on_the_grid():
+    """The closed-form max-entropy policy integrates to one, peaks at the reward peaks, and the KL machinery gives 0
+    for pi* itself and about log 2 for a policy on one peak only (what a single Gaussian can do at most)."""
+    import gymnasium as gym
+    import numpy as np
+
+    import sb3_gmm.envs  # noqa: F401
+    from benchmarks.maxent_bandit import ENV_ID, GRID_LIMIT, GRID_POINTS, kl_and_masses, optimal_log_density
+
+    env = gym.make(ENV_ID).unwrapped
+    u = np.linspace(-GRID_LIMIT, GRID_LIMIT, GRID_POINTS)
+    log_optimal = optimal_log_density(u, env.reward_of, alpha=0.05)
+    itself = kl_and_masses(log_optimal, log_optimal, u)
+    assert itself["mass"] == pytest.approx(1.0, abs=1e-9) and itself["kl"] == pytest.approx(0.0, abs=1e-12)
+    assert itself["mass_negative"] == pytest.approx(0.5, abs=1e-6)  # the two peaks are mirror images
+    assert abs(np.tanh(u[np.argmax(log_optimal)])) == pytest.approx(env.peak_position, abs=0.02)
+    # pi* restricted to its right half (renormalised): the best a one-peaked policy can do.
+    right_half = np.where(u > 0, log_optimal + math.log(2.0), -np.inf)
+    one_peak = kl_and_masses(right_half, log_optimal, u)
+    assert one_peak["kl"] == pytest.approx(math.log(2.0), abs=1e-3) and one_peak["mass_negative"] == 0.0
+
+
+def test_bandit_script_runs_and_writes_its_block(tmp_path):
+    """A short run of each kind of actor, its JSON, and the page block with the table and the density figure."""
+    from benchmarks import maxent_bandit
+
+    out = tmp_path / "runs"
+    maxent_bandit.main(["--actors", "sac-gaussian", "sac-gmm4-sample", "--temperatures", "0.2", "--seeds", "0",
+                        "--timesteps", "200", "--out", str(out)])  # fmt: skip
+    runs = sorted(path.name for path in out.glob("*.json"))
+    assert runs == ["sac-gaussian__alpha0.2__s0.json", "sac-gmm4-sample__alpha0.2__s0.json"]
+    for name in runs:
+        result = json.loads((out / name).read_text())
+        assert result["kl"] >= 0.0 and all(abs(row["mass"] - 1.0) < 1e-3 for row in result["per_observation"])
+    page = tmp_path / "page.md"
+    maxent_bandit.main(["--out", str(out), "--write", str(page)])
+    text = page.read_text()
+    assert "| 0.2 | sac-gaussian | 1 |" in text and (tmp_path / "figures" / "maxent_bandit_densities.png").exists()
