@@ -55,6 +55,9 @@ SAC_KWARGS: Dict[str, Any] = dict(
 GRID_LIMIT, GRID_POINTS = 7.0, 28_001
 # Observations at which the policy is compared with pi* (the fraction of the episode still to play).
 EVAL_OBSERVATIONS = (1.0, 0.6, 0.2)
+LOG_PI_MODES = ("sample", "estimate")
+# Adam steps of the perfect-critic runs: the SAC runs' gradient steps (TIMESTEPS - learning_starts).
+DIRECT_STEPS = 4500
 
 
 def optimal_log_density(u: np.ndarray, reward_of, alpha: float) -> np.ndarray:
@@ -144,6 +147,55 @@ def run_one(actor: str, temperature: str, seed: int, timesteps: int) -> Dict[str
     }
 
 
+def direct_one(log_pi: str, temperature: str, seed: int, steps: int) -> Dict[str, Any]:
+    """The actor alone against the known reward (a perfect critic): Adam on one state's mixture, SAC's actor loss.
+
+    ``sample``: ``mean(alpha * log pi(a) - r(a))``; ``estimate``: ``mean(-alpha * H_est - r(a))``, both over 256
+    implicitly reparameterised samples per step, as the GMM actor computes them. Isolates the actor's gradient
+    estimators from critic learning. Returns the KL to pi* and the peak masses every ``steps // 10`` steps.
+    """
+    import sb3_gmm.envs  # noqa: F401
+    from sb3_gmm.maxent.distributions import SquashedGMMDistribution
+
+    th.set_num_threads(1)
+    th.manual_seed(seed)
+    env = gym.make(ENV_ID).unwrapped
+    alpha, n_components, batch = float(temperature), 4, 256
+    distribution = SquashedGMMDistribution(1, n_components=n_components)
+    # The actor's initial head: equal weights, means spread over [-0.5, 0.5] in a random order, log std 0.
+    means = th.nn.Parameter(0.5 * th.linspace(-1.0, 1.0, n_components)[th.randperm(n_components)].reshape(1, -1))
+    log_stds = th.nn.Parameter(th.zeros(1, n_components))
+    logits = th.nn.Parameter(th.zeros(1, n_components))
+    optimizer = th.optim.Adam([means, log_stds, logits], lr=SAC_KWARGS["learning_rate"])
+    u = np.linspace(-GRID_LIMIT, GRID_LIMIT, GRID_POINTS)
+    log_optimal = optimal_log_density(u, env.reward_of, alpha)
+    grid = th.as_tensor(u, dtype=th.float32).unsqueeze(-1)
+    trace = []
+    for step in range(steps + 1):
+        if step % max(steps // 10, 1) == 0:
+            with th.no_grad():
+                bound = distribution.proba_distribution(means, log_stds, logits)
+                log_density = bound.gaussian_log_prob(grid).double().numpy()
+            measured = kl_and_masses(log_density, log_optimal, u)
+            trace.append(dict(step=step, kl=measured["kl"], min_peak_mass=min(
+                measured["mass_negative"], measured["mass_positive"])))  # fmt: skip
+        if step == steps:
+            break
+        bound = distribution.proba_distribution(
+            means.expand(batch, -1), log_stds.expand(batch, -1), logits.expand(batch, -1)
+        )
+        actions = bound.sample()
+        rewards = env.reward_of_tensor(actions.unsqueeze(-1) if actions.dim() == 1 else actions)
+        if log_pi == "sample":
+            loss = (alpha * bound.log_prob(actions, bound.gaussian_actions) - rewards).mean()
+        else:
+            loss = (-alpha * bound.entropy() - rewards).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return dict(log_pi=log_pi, temperature=temperature, seed=seed, steps=steps, trace=trace)
+
+
 def run_path(out_dir: Path, actor: str, temperature: str, seed: int) -> Path:
     return out_dir / f"{actor}__alpha{temperature}__s{seed}.json"
 
@@ -174,6 +226,38 @@ def run_grid(out_dir: Path, actors: Sequence[str], temperatures: Sequence[str], 
                     )
                 finally:
                     claim.unlink()
+
+
+def run_direct_grid(out_dir: Path, temperatures: Sequence[str], seeds: Sequence[int], steps: int) -> None:
+    """:func:`direct_one` for both log_pi modes; one JSON per run under ``out_dir / "direct"``."""
+    directory = out_dir / "direct"
+    directory.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        for temperature in temperatures:
+            for log_pi in LOG_PI_MODES:
+                path = directory / f"{log_pi}__alpha{temperature}__s{seed}.json"
+                if not path.exists():
+                    _report.write_json(path, direct_one(log_pi, temperature, seed, steps))
+
+
+def direct_table(out_dir: Path) -> str:
+    runs = [json.loads(path.read_text()) for path in sorted((out_dir / "direct").glob("*.json"))]
+    if not runs:
+        return ""
+    lines = [
+        "| alpha | log_pi | seeds | steps | KL(pi \\|\\| pi*) nats | smaller peak's mass |",
+        "|---|---|---|---|---|---|",
+    ]
+    for temperature in TEMPERATURES:
+        for log_pi in LOG_PI_MODES:
+            cell = [r for r in runs if r["temperature"] == temperature and r["log_pi"] == log_pi]
+            if cell:
+                lines.append(
+                    f"| {temperature} | {log_pi} | {len(cell)} | {cell[0]['steps']:,} "
+                    f"| {iqm_cell([r['trace'][-1]['kl'] for r in cell], 3)} "
+                    f"| {iqm_cell([r['trace'][-1]['min_peak_mass'] for r in cell], 2)} |"
+                )
+    return "\n".join(lines)
 
 
 def load(out_dir: Path) -> List[Dict[str, Any]]:
@@ -242,7 +326,7 @@ def plot_densities(results: List[Dict[str, Any]], path: Path) -> Optional[Path]:
     return path
 
 
-def render(results: List[Dict[str, Any]], figure: Optional[Path], page: Path) -> str:
+def render(results: List[Dict[str, Any]], figure: Optional[Path], page: Path, out_dir: Path) -> str:
     records = {json.dumps(r["record"], sort_keys=True): r["record"] for r in results}
     record = next(iter(records.values()))
     minutes = sum(r["train_seconds"] for r in results) / 60
@@ -258,6 +342,17 @@ def render(results: List[Dict[str, Any]], figure: Optional[Path], page: Path) ->
         "",
         table(results),
     ]
+    direct = direct_table(out_dir)
+    if direct:
+        lines += [
+            "",
+            "#### The same mixture actor against the known reward (a perfect critic), no RL",
+            "",
+            "Adam on one state's mixture with SAC's actor loss, 256 implicitly reparameterised samples per step, "
+            "learning rate as above (`python -m benchmarks.maxent_bandit --direct`):",
+            "",
+            direct,
+        ]
     if figure is not None:
         lines += ["", f"Figure: [{figure.stem}]({os.path.relpath(figure, page.parent)})."]
     return "\n".join(lines)
@@ -270,9 +365,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--timesteps", type=int, default=TIMESTEPS)
     parser.add_argument("--out", type=Path, default=OUT_DIR)
+    parser.add_argument("--direct", action="store_true", help="run the perfect-critic runs instead of SAC")
+    parser.add_argument("--direct-steps", type=int, default=DIRECT_STEPS)
     parser.add_argument("--report", action="store_true", help="print the table of the finished runs")
     parser.add_argument("--write", nargs="?", type=Path, const=PAGE, default=None, help="regenerate this page's block")
     args = parser.parse_args(argv)
+    if args.direct:
+        run_direct_grid(args.out, args.temperatures, args.seeds, args.direct_steps)
+        return
     if not (args.report or args.write):
         run_grid(args.out, args.actors, args.temperatures, args.seeds, args.timesteps)
         return
@@ -280,7 +380,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     page = args.write or PAGE
     # The figure sits in the page's figures folder (docs/figures for the docs page).
     figure = plot_densities(results, page.parent / "figures" / "maxent_bandit_densities.png") if args.write else None
-    body = render(results, figure, page)
+    body = render(results, figure, page, args.out)
     print(body)
     if args.write:
         _report.write_generated(args.write, SCRIPT, body, "Max-entropy RL with a mixture actor")

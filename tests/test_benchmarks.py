@@ -170,7 +170,11 @@ def test_bandit_script_runs_and_writes_its_block(tmp_path):
     for name in runs:
         result = json.loads((out / name).read_text())
         assert result["kl"] >= 0.0 and all(abs(row["mass"] - 1.0) < 1e-3 for row in result["per_observation"])
+    maxent_bandit.main(["--direct", "--temperatures", "0.2", "--seeds", "0", "--direct-steps", "20", "--out", str(out)])
+    direct = json.loads((out / "direct" / "estimate__alpha0.2__s0.json").read_text())
+    assert [row["step"] for row in direct["trace"]][-1] == 20 and direct["trace"][-1]["kl"] >= 0.0
     page = tmp_path / "page.md"
     maxent_bandit.main(["--out", str(out), "--write", str(page)])
     text = page.read_text()
     assert "| 0.2 | sac-gaussian | 1 |" in text and (tmp_path / "figures" / "maxent_bandit_densities.png").exists()
+    assert "| 0.2 | estimate | 1 | 20 |" in text

@@ -91,6 +91,20 @@ def test_bandit_valley_policy_gets_clearly_less() -> None:
     assert episode_return == pytest.approx(-2.5, abs=0.01)
 
 
+def test_bandit_tensor_reward_equals_the_numpy_one_and_is_differentiable() -> None:
+    """reward_of_tensor (a known critic for actor-gradient checks) is the same formula as reward_of."""
+    import torch as th
+
+    env = TwoPeakBanditEnv(action_dim=2)
+    actions = np.random.default_rng(0).uniform(-1.2, 1.2, size=(200, 2))  # some outside the box: both clip
+    tensor_actions = th.tensor(actions, requires_grad=True)
+    rewards = env.reward_of_tensor(tensor_actions)
+    np.testing.assert_allclose(rewards.detach().numpy(), env.reward_of(actions), rtol=0, atol=1e-12)
+    rewards.sum().backward()
+    inside = np.abs(actions).max(-1) < 1.0
+    assert th.isfinite(tensor_actions.grad).all() and (tensor_actions.grad[th.from_numpy(inside)] != 0).any()
+
+
 def test_bandit_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="valley_width"):
         TwoPeakBanditEnv(valley_width=0.7)

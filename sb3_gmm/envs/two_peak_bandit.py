@@ -1,10 +1,13 @@
 """A continuous bandit whose reward has two equally high peaks separated by a penalised valley."""
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
+if TYPE_CHECKING:
+    import torch as th
 
 
 class TwoPeakBanditEnv(gym.Env):
@@ -94,17 +97,27 @@ class TwoPeakBanditEnv(gym.Env):
 
     def reward_of(self, action: np.ndarray) -> np.ndarray:
         """Per-step reward of actions ``[..., D]`` (clipped to the action box first), shape ``[...]``."""
-        clipped = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        return self._reward(np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0), np)
+
+    def reward_of_tensor(self, action: "th.Tensor") -> "th.Tensor":
+        """:meth:`reward_of` for torch actions ``[..., D]``, differentiable in the action (a known critic for tests and
+        benchmarks of actor gradients); clipped to the action box first."""
+        import torch as th
+
+        return self._reward(action.clamp(-1.0, 1.0), th)
+
+    def _reward(self, clipped: Any, xp: Any) -> Any:
+        """The reward formula for numpy or torch (``xp``) arrays already inside the action box."""
         scale = 2.0 * self.peak_width**2
-        bumps = np.maximum(
-            np.exp(-((clipped - self.peak_position) ** 2) / scale),
-            np.exp(-((clipped + self.peak_position) ** 2) / scale),
+        bumps = xp.maximum(
+            xp.exp(-((clipped - self.peak_position) ** 2) / scale),
+            xp.exp(-((clipped + self.peak_position) ** 2) / scale),
         )
         if self.valley_width > 0.0:
-            valley = self.valley_depth * np.maximum(0.0, 1.0 - (clipped / self.valley_width) ** 2)
+            valley = self.valley_depth * xp.maximum(xp.zeros_like(clipped), 1.0 - (clipped / self.valley_width) ** 2)
         else:
-            valley = np.zeros_like(clipped)
-        return (bumps - valley).mean(axis=-1)
+            valley = xp.zeros_like(clipped)
+        return (bumps - valley).mean(-1)
 
     def _observation(self) -> np.ndarray:
         remaining = (self.episode_length - self._steps_taken) / self.episode_length
