@@ -349,7 +349,7 @@ def render(results: List[Dict[str, Any]], figure: Optional[Path], page: Path, ou
             "#### The same mixture actor against the known reward (a perfect critic), no RL",
             "",
             "Adam on one state's mixture with SAC's actor loss, 256 implicitly reparameterised samples per step, "
-            "learning rate as above (`python -m benchmarks.maxent_bandit --direct`):",
+            "learning rate as above (`python -m benchmarks.maxent_bandit --direct --temperatures 0.05`):",
             "",
             direct,
         ]
