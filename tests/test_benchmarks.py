@@ -178,3 +178,17 @@ def test_bandit_script_runs_and_writes_its_block(tmp_path):
     text = page.read_text()
     assert "| 0.2 | sac-gaussian | 1 |" in text and (tmp_path / "figures" / "maxent_bandit_densities.png").exists()
     assert "| 0.2 | estimate | 1 | 20 |" in text
+
+
+def test_maxent_pages_match_the_committed_runs():
+    """docs/maxent_results.md shows the tables the committed SAC runs give (bandit, perfect critic, control tasks)."""
+    from benchmarks import maxent_bandit, maxent_compare
+
+    page = maxent_compare.PAGE.read_text()
+    bandit_runs = maxent_bandit.load(maxent_bandit.OUT_DIR)
+    assert len(bandit_runs) == len(maxent_bandit.ACTORS) * len(maxent_bandit.TEMPERATURES) * len(maxent_bandit.SEEDS)
+    tables = [maxent_bandit.table(bandit_runs), maxent_bandit.direct_table(maxent_bandit.OUT_DIR)]
+    control_runs = maxent_compare.load_results(maxent_compare.REPO_ROOT / "docs" / "data" / "maxent")
+    tables += [maxent_compare.control_table(control_runs, suite) for suite in ("pendulum", "lunar")]
+    for line in "\n".join(tables).splitlines():
+        assert line in page, f"docs/maxent_results.md does not show {line!r}: re-run the scripts with --write"
