@@ -541,7 +541,8 @@ def plot_curves(results: List[Dict[str, Any]], suite: str, keys: Sequence[str], 
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     figure.suptitle(
-        f"{TASKS[SUITES[suite].task].env_id}, ent_coef {SUITES[suite].ent_coefs[0]}: median over seeds, band min-max"
+        f"{TASKS[SUITES[suite].task].env_id}, ent_coef {SUITES[suite].ent_coefs[0]}: median over seeds, band min-max",
+        fontsize=12 if len(keys) > 1 else 9,  # one panel is too narrow for the title at the default size
     )
     figure.tight_layout()
     figure.savefig(path, dpi=100)
