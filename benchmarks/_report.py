@@ -9,6 +9,7 @@ results, and renders :func:`provenance` from it, so a page rebuilt later from st
 that produced them.
 """
 
+import contextlib
 import datetime
 import functools
 import json
@@ -17,7 +18,7 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 import torch as th
 
@@ -119,6 +120,26 @@ def write_generated(path: Path, script: str, body: str, title: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         text = f"# {title}\n\n{block}\n"
     path.write_text(text)
+
+
+@contextlib.contextmanager
+def claimed(path: Path) -> Iterator[bool]:
+    """Claim the run whose result goes to ``path`` for this process: yields False when another process holds it.
+
+    A claim file lets several processes share one grid (one per core): each run goes to whoever claims it first. It
+    is removed when the block ends; a killed process leaves it behind, so delete the ``*.claim`` files before resuming
+    such a grid.
+    """
+    claim = path.with_suffix(".claim")
+    try:
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        claim.unlink()
 
 
 def json_safe(value: Any) -> Any:

@@ -114,14 +114,15 @@ def run_one(actor: str, temperature: str, seed: int, timesteps: int) -> Dict[str
     alpha = float(temperature)
     u = np.linspace(-GRID_LIMIT, GRID_LIMIT, GRID_POINTS)
     log_optimal = optimal_log_density(u, env.unwrapped.reward_of, alpha)
-    per_observation = []
-    for observation in EVAL_OBSERVATIONS:
-        measured = kl_and_masses(policy_log_density(model, u, observation), log_optimal, u)
-        per_observation.append({"observation": observation, **measured})
+    log_densities = [policy_log_density(model, u, observation) for observation in EVAL_OBSERVATIONS]
+    per_observation = [
+        {"observation": observation, **kl_and_masses(log_density, log_optimal, u)}
+        for observation, log_density in zip(EVAL_OBSERVATIONS, log_densities)
+    ]
     first = per_observation[0]
     # The densities at the first observation, thinned for the figure.
     stride = 40
-    density = np.exp(policy_log_density(model, u, EVAL_OBSERVATIONS[0]))[::stride]
+    density = np.exp(log_densities[0])[::stride]
     eval_env = gym.make(ENV_ID)
     observation, _ = eval_env.reset(seed=10_000 + seed)
     deterministic_return, done = 0.0, False
@@ -185,7 +186,7 @@ def direct_one(log_pi: str, temperature: str, seed: int, steps: int) -> Dict[str
             means.expand(batch, -1), log_stds.expand(batch, -1), logits.expand(batch, -1)
         )
         actions = bound.sample()
-        rewards = env.reward_of_tensor(actions.unsqueeze(-1) if actions.dim() == 1 else actions)
+        rewards = env.reward_of_tensor(actions)  # actions [batch, 1]
         if log_pi == "sample":
             loss = (alpha * bound.log_prob(actions, bound.gaussian_actions) - rewards).mean()
         else:
@@ -208,14 +209,11 @@ def run_grid(out_dir: Path, actors: Sequence[str], temperatures: Sequence[str], 
         for temperature in temperatures:
             for actor in actors:
                 path = run_path(out_dir, actor, temperature, seed)
-                claim = path.with_suffix(".claim")
                 if path.exists():
                     continue
-                try:
-                    os.close(os.open(claim, os.O_CREAT | os.O_EXCL))
-                except FileExistsError:
-                    continue
-                try:
+                with _report.claimed(path) as mine:
+                    if not mine:
+                        continue
                     result = run_one(actor, temperature, seed, steps)
                     result["record"] = record
                     _report.write_json(path, result)
@@ -224,8 +222,6 @@ def run_grid(out_dir: Path, actors: Sequence[str], temperatures: Sequence[str], 
                         f"{result['train_seconds']:.0f} s",
                         flush=True,
                     )
-                finally:
-                    claim.unlink()
 
 
 def run_direct_grid(out_dir: Path, temperatures: Sequence[str], seeds: Sequence[int], steps: int) -> None:

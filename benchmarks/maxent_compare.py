@@ -350,7 +350,7 @@ def run_one(spec: RunSpec, budget: str, code_commit: str) -> Dict[str, Any]:
 
 def run_grid(specs: List[RunSpec], budget: str, out_dir: Path) -> None:
     """Run every spec without a JSON in ``out_dir`` yet, one at a time, writing each JSON when it finishes."""
-    from benchmarks._report import git_commit
+    from benchmarks._report import claimed, git_commit
 
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [spec for spec in specs if not (out_dir / f"{spec.key}.json").exists()]
@@ -359,22 +359,16 @@ def run_grid(specs: List[RunSpec], budget: str, out_dir: Path) -> None:
     start = time.perf_counter()
     for done, spec in enumerate(todo, start=1):
         path = out_dir / f"{spec.key}.json"
-        # A claim file lets several processes share one grid (one per core): each run goes to whoever claims it
-        # first. A killed process leaves its claim behind; delete the *.claim files before resuming such a grid.
-        claim = path.with_suffix(".claim")
-        try:
-            os.close(os.open(claim, os.O_CREAT | os.O_EXCL))
-        except FileExistsError:
-            continue
-        try:
-            result = run_one(spec, budget, code_commit)
-        except Exception as error:  # keep the grid going; the report lists failed runs
-            path.with_suffix(".failed").write_text(f"{type(error).__name__}: {error}\n")
-            print(f"[{done}/{len(todo)}] {spec.key}: FAILED {type(error).__name__}: {error}", flush=True)
-            claim.unlink()
-            continue
-        path.write_text(json.dumps(result))
-        claim.unlink()
+        with claimed(path) as mine:
+            if not mine:
+                continue
+            try:
+                result = run_one(spec, budget, code_commit)
+            except Exception as error:  # keep the grid going; the report lists failed runs
+                path.with_suffix(".failed").write_text(f"{type(error).__name__}: {error}\n")
+                print(f"[{done}/{len(todo)}] {spec.key}: FAILED {type(error).__name__}: {error}", flush=True)
+                continue
+            path.write_text(json.dumps(result))
         elapsed = (time.perf_counter() - start) / 60
         print(f"[{done}/{len(todo)} {elapsed:.1f} min] {spec.key}: {result['wall_seconds']:.0f}s", flush=True)
 

@@ -192,3 +192,15 @@ def test_maxent_pages_match_the_committed_runs():
     tables += [maxent_compare.control_table(control_runs, suite) for suite in ("pendulum", "lunar")]
     for line in "\n".join(tables).splitlines():
         assert line in page, f"docs/maxent_results.md does not show {line!r}: re-run the scripts with --write"
+
+
+def test_claimed_gives_each_run_to_one_process(tmp_path):
+    """The claim file that lets several grid processes share runs: a second claim is refused, the file is removed."""
+    from benchmarks._report import claimed
+
+    result = tmp_path / "run.json"
+    with claimed(result) as first:
+        with claimed(result) as second:
+            assert first and not second
+        assert result.with_suffix(".claim").exists()  # the refused claim leaves the holder's file alone
+    assert not result.with_suffix(".claim").exists()
