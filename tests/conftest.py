@@ -19,3 +19,12 @@ def _fixed_global_seed() -> None:
     random.seed(0)
     np.random.seed(0)
     th.manual_seed(0)
+
+
+@pytest.fixture
+def torch_path(monkeypatch) -> None:
+    """The quadrature estimators without the compiled kernel (sb3_gmm.entropy.native): its torch path, whatever
+    the machine's compiler."""
+    from sb3_gmm.entropy import native
+
+    monkeypatch.setattr(native, "kernel", lambda dtype: None)

@@ -17,6 +17,11 @@ from sb3_gmm.entropy.quadrature import _qmc_rule, point_features, quadrature_ent
 ROWS_PER_CHUNK = 2
 
 
+@pytest.fixture(autouse=True)
+def _torch_only(torch_path) -> None:
+    """Chunks are a feature of the torch path; the compiled kernel would take the one-pass batches."""
+
+
 def _budget(n_components: int, n_points: int, dtype: th.dtype = th.float64, rows: int = ROWS_PER_CHUNK) -> int:
     """A CHUNK_BYTES that cuts the batch into chunks of ``rows`` elements."""
     return rows * n_components * n_components * n_points * th.finfo(dtype).bits // 8
@@ -219,16 +224,16 @@ def test_budget_leaves_minibatches_on_the_one_pass_path():
     """At the default budgets the usual PPO minibatches (B = 64, K <= 8, 64 points, float32) are not chunked; a large
     batch is, and a tensor on an accelerator gets the accelerator's (larger) budget."""
     for n_components, dim in ((4, 1), (8, 6)):
-        _, _, features = _qmc_rule(n_components, dim, 64, 0, th.float32, th.device("cpu"))
+        points, _, features = _qmc_rule(n_components, dim, 64, 0, th.float32, th.device("cpu"))
         means = th.zeros(64, n_components, dim)
         params = mixture_params(th.zeros(64, n_components), means, th.ones_like(means))
-        assert quadrature._chunking(params, features) is None
+        assert quadrature._plan(params, points, features) is None
     chunk_rows = {}
     for device in ("cpu", "meta"):
-        features = point_features(th.zeros(8, 64, 6, device=device))
+        points = th.zeros(8, 64, 6, device=device)
         big = th.zeros(1, 8, 6, device=device).expand(100_000, 8, 6)
         params = MixtureParams(th.zeros(1, 8, device=device).expand(100_000, 8), big, big, big)
-        chunking = quadrature._chunking(params, features)
+        chunking = quadrature._plan(params, points, point_features(points))
         assert chunking.batch_shape == (100_000,) and not chunking.with_gradient
         chunk_rows[device] = chunking.rows
     element_bytes = 8 * 8 * 64 * 4

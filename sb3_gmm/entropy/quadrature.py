@@ -31,6 +31,7 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch as th
 
+from sb3_gmm.entropy import native
 from sb3_gmm.entropy._common import (
     MixtureParams,
     gaussian_entropies,
@@ -147,8 +148,8 @@ def quadrature_entropy(
     # torch.compile traces the autograd reference into one graph (inductor fuses it); the hand-written Function
     # would break the graph twice per call (docs/compile.md).
     if fused and not th.compiler.is_compiling():
-        chunking = _chunking(params, features)
-        estimate = _FusedQuadratureEntropy.apply(*params, features, point_weights, responsibility_entropy, chunking)
+        plan = _plan(params, points, features)
+        estimate = _FusedQuadratureEntropy.apply(*params, points, features, point_weights, responsibility_entropy, plan)
     else:
         estimate = _autograd_quadrature_entropy(params, features, point_weights, responsibility_entropy)
     if not control_variate:
@@ -295,21 +296,24 @@ def _fused_backward(
     return grad_log_weights, grad_means, grad_stds, grad_log_stds
 
 
-class _Chunking(NamedTuple):
-    """How :class:`_FusedQuadratureEntropy` cuts a batch over :data:`CHUNK_BYTES`.
+class _Plan(NamedTuple):
+    """How :class:`_FusedQuadratureEntropy` evaluates a batch that the one-pass torch path does not take.
 
-    :param rows: batch elements per chunk
+    :param rows: batch elements per chunk (all of them for the compiled kernel)
     :param batch_shape: the inputs' broadcast batch shape
     :param with_gradient: compute the gradient in the forward (autograd will want it)
+    :param kernel: the compiled kernel (:mod:`sb3_gmm.entropy.native`), or None for torch chunks
     """
 
     rows: int
     batch_shape: th.Size
     with_gradient: bool
+    kernel: Any = None
 
 
-def _chunking(params: MixtureParams, features: th.Tensor) -> Optional[_Chunking]:
-    """None when the batch's ``[..., K, K, n]`` intermediate fits the budget (one pass), else how to cut it."""
+def _plan(params: MixtureParams, points: th.Tensor, features: th.Tensor) -> Optional[_Plan]:
+    """The compiled kernel for a batch whose ``[..., K, K, n]`` intermediate fits the budget, where it is available;
+    else None (one torch pass) for such a batch, and chunks of the budget's size for a larger one."""
     log_weights, means = params.log_weights, params.means
     n_components = log_weights.shape[-1]
     n_points = features.shape[-2]
@@ -320,18 +324,42 @@ def _chunking(params: MixtureParams, features: th.Tensor) -> Optional[_Chunking]
     n_elements = log_weights.numel() // n_components
     if features.dim() > 3:
         n_elements = max(n_elements, features.numel() // (n_components * n_points * features.shape[-1]))
-    if n_elements * element_bytes <= budget:
-        return None
-    extra = (features.shape[:-3],) if features.dim() > 3 else ()
-    batch_shape = th.broadcast_shapes(
-        log_weights.shape[:-1], means.shape[:-2], params.stds.shape[:-2], params.log_stds.shape[:-2], *extra
-    )
+    # Inside the Function's forward grad mode is always off, so whether a graph is recorded is read here.
+    fits = n_elements * element_bytes <= budget
+    if fits:
+        # At minibatch sizes the torch path's cost is its ~90 eager ops, which the kernel replaces with one call.
+        # Large batches keep torch's chunks: there the arithmetic dominates and torch spreads it over threads.
+        kernel = _kernel_for(means, points)
+        if kernel is None:
+            return None
+        batch_shape = _batch_shape(params, features)
+        return _Plan(max(1, batch_shape.numel()), batch_shape, _records_graph(params), kernel)
+    batch_shape = _batch_shape(params, features)
     rows = max(1, int(budget // element_bytes))
     if rows >= batch_shape.numel():
         return None
-    # Inside the Function's forward grad mode is always off, so whether a graph is recorded is read here.
-    with_gradient = th.is_grad_enabled() and any(tensor.requires_grad for tensor in params)
-    return _Chunking(rows, batch_shape, with_gradient)
+    return _Plan(rows, batch_shape, _records_graph(params))
+
+
+def _kernel_for(means: th.Tensor, points: th.Tensor) -> Any:
+    # Points shared ([n, D]) or per component ([K, n, D]); Monte Carlo's per-element points stay on torch.
+    if not means.is_cpu or points.dim() > 3 or points.dtype != means.dtype:
+        return None
+    return native.kernel(means.dtype)
+
+
+def _batch_shape(params: MixtureParams, features: th.Tensor) -> th.Size:
+    shapes = [params.log_weights.shape[:-1]] + [tensor.shape[:-2] for tensor in params[1:]]
+    if features.dim() > 3:
+        shapes.append(features.shape[:-3])
+    first = shapes[0]
+    if all(shape == first for shape in shapes):
+        return first
+    return th.broadcast_shapes(*shapes)
+
+
+def _records_graph(params: MixtureParams) -> bool:
+    return th.is_grad_enabled() and any(tensor.requires_grad for tensor in params)
 
 
 def _flatten_batch(tensor: th.Tensor, batch_shape: th.Size, event_dims: int) -> th.Tensor:
@@ -368,22 +396,33 @@ class _FusedQuadratureEntropy(th.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, log_weights, means, stds, log_stds, features, point_weights, responsibility_entropy, chunking):  # type: ignore[override]
+    def forward(ctx, log_weights, means, stds, log_stds, points, features, point_weights, responsibility_entropy, plan):  # type: ignore[override]
         ctx.responsibility_entropy = responsibility_entropy
-        ctx.chunked = chunking is not None
-        if chunking is None:
+        # Chunks and the compiled kernel compute the gradient in the forward; the backward only scales it.
+        ctx.precomputed = plan is not None
+        if plan is None:
             value, saved = _fused_forward(
                 log_weights, means, stds, log_stds, features, point_weights, responsibility_entropy
             )
             # The inputs are saved too (no copy): a backward that records a graph re-derives the gradient from them.
             ctx.save_for_backward(*saved, log_weights, means, stds, log_stds)
             return value
-        batch_shape = chunking.batch_shape
+        batch_shape = plan.batch_shape
         n_elements = batch_shape.numel()
         flat = [
             _flatten_batch(tensor, batch_shape, event_dims)
             for tensor, event_dims in ((log_weights, 1), (means, 2), (stds, 2), (log_stds, 2))
         ]
+        if plan.kernel is not None:
+            cap = max_scaled_distance(means.dtype)
+            value, unit_grads = native.quadrature_entropy(
+                plan.kernel, *flat, points, point_weights, responsibility_entropy, cap, plan.with_gradient
+            )
+            ctx.save_for_backward(
+                *(grad.view(*batch_shape, *grad.shape[1:]) for grad in unit_grads),
+                features, point_weights, log_weights, means, stds, log_stds,
+            )  # fmt: skip
+            return value.view(batch_shape)
         # Shared ([n, F]) and per-component ([K, n, F]) features serve every chunk; per-batch-element ones
         # ([..., K, n, F], Monte Carlo) are cut along with the batch.
         per_element_features = features.dim() > 3
@@ -391,14 +430,14 @@ class _FusedQuadratureEntropy(th.autograd.Function):
         value = means.new_empty(n_elements)
         n_components, dim = means.shape[-2:]
         unit_grads = []
-        if chunking.with_gradient:
+        if plan.with_gradient:
             unit_grads = [
                 means.new_empty(n_elements, *shape)
                 for shape in ((n_components,), (n_components, dim), (n_components, dim), (n_components, 1))
             ]
-            unit = means.new_ones(chunking.rows)
-        for start in range(0, n_elements, chunking.rows):
-            stop = min(start + chunking.rows, n_elements)
+            unit = means.new_ones(plan.rows)
+        for start in range(0, n_elements, plan.rows):
+            stop = min(start + plan.rows, n_elements)
             part = slice(start, stop)
             chunk_features = flat_features[part] if per_element_features else flat_features
             value[part], saved = _fused_forward(
@@ -423,27 +462,27 @@ class _FusedQuadratureEntropy(th.autograd.Function):
         # PPO / A2C with ent_coef = 0 still back-propagate through the entropy, with an all-zero gradient. On the CPU
         # a check is cheap (no device sync) and skips all the work below; the inputs then get zero gradients.
         if grad_output.device.type == "cpu" and not bool(grad_output.any()):
-            return None, None, None, None, None, None, None, None
-        if ctx.chunked:
-            # The chunks' gradients for an incoming gradient of one, scaled per batch element.
+            return (None,) * 9
+        if ctx.precomputed:
+            # The gradients for an incoming gradient of one (of the kernel or the chunks), scaled per batch element.
             unit_log_weights, unit_means, unit_stds, unit_log_stds = ctx.saved_tensors[:4]
             grad = grad_output.unsqueeze(-1)
             grad_stds = grad.unsqueeze(-1) * unit_stds
             return (
                 grad * unit_log_weights, grad.unsqueeze(-1) * unit_means, grad_stds,
-                (grad.unsqueeze(-1) * unit_log_stds).expand_as(grad_stds), None, None, None, None,
+                (grad.unsqueeze(-1) * unit_log_stds).expand_as(grad_stds), None, None, None, None, None,
             )  # fmt: skip
         grad_log_weights, grad_means, grad_stds, grad_log_stds = _fused_backward(
             ctx.saved_tensors[:11], grad_output, ctx.responsibility_entropy
         )
-        return grad_log_weights, grad_means, grad_stds, grad_log_stds.expand_as(grad_stds), None, None, None, None
+        return grad_log_weights, grad_means, grad_stds, grad_log_stds.expand_as(grad_stds), None, None, None, None, None
 
 
 def _differentiable_backward(ctx: Any, grad_output: th.Tensor) -> Tuple[Optional[th.Tensor], ...]:
     """The fused Function's gradient as autograd of the reference, with a graph (for second derivatives)."""
     *_, features, point_weights, log_weights, means, stds, log_stds = ctx.saved_tensors
     wanted = [index for index in range(4) if ctx.needs_input_grad[index]]
-    grads: List[Optional[th.Tensor]] = [None] * 8
+    grads: List[Optional[th.Tensor]] = [None] * 9
     if not wanted:
         return tuple(grads)
     # Fresh views as the roots: the gradient w.r.t. stds must not also collect the path through log_stds when the

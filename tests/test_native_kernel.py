@@ -1,0 +1,207 @@
+"""The compiled quadrature kernel (sb3_gmm.entropy.native) against the torch path it replaces.
+
+Where a C compiler is present the kernel must build; everything it computes must equal the torch path up to
+rounding, gradients included; NaN in gives NaN out; loading it must not change how the process rounds subnormal
+numbers; without a compiler the estimators fall back with one warning, and ``SB3_GMM_NATIVE=1`` turns that into an
+error.
+"""
+
+import os
+import shutil
+import warnings
+from typing import Dict, List
+
+import pytest
+import torch as th
+
+from sb3_gmm.entropy import gmm_entropy, native, quadrature, validation
+from sb3_gmm.entropy._common import mixture_params
+from sb3_gmm.entropy.quadrature import _qmc_rule, point_features
+
+HAS_COMPILER = shutil.which(os.environ.get("CC", "cc")) is not None
+needs_kernel = pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: the estimators use the torch path")
+
+
+@pytest.fixture(scope="module")
+def module_cache(tmp_path_factory):
+    """One cache directory for this module's tests: each builds the kernel at most once per dtype."""
+    return tmp_path_factory.mktemp("kernel_cache")
+
+
+@pytest.fixture
+def fresh_native(monkeypatch, module_cache):
+    """The module's cache directory and no loaded kernel, before and after the test."""
+    monkeypatch.setenv(native.ENV_CACHE_DIR, str(module_cache))
+    monkeypatch.delenv(native.ENV_SWITCH, raising=False)
+    native.reset()
+    yield module_cache
+    native.reset()
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch) -> List[int]:
+    """Batch sizes of every call into the kernel, to show it really ran."""
+    calls: List[int] = []
+    original = native.quadrature_entropy
+
+    def spy(function, log_weights, *args):
+        calls.append(log_weights.shape[0])
+        return original(function, log_weights, *args)
+
+    monkeypatch.setattr(native, "quadrature_entropy", spy)
+    return calls
+
+
+def _mixture(batch_shape, n_components: int, dim: int, dtype: th.dtype, seed: int = 0):
+    generator = th.Generator().manual_seed(seed)
+    logits = (2 * th.randn(*batch_shape, n_components, generator=generator, dtype=dtype)).requires_grad_()
+    means = (2 * th.randn(*batch_shape, n_components, dim, generator=generator, dtype=dtype)).requires_grad_()
+    # One std per component for the whole batch, expanded (stride 0), as a state-independent policy std arrives.
+    log_stds = th.empty(n_components, dim, dtype=dtype).uniform_(-2.0, 0.7, generator=generator).requires_grad_()
+    return logits, means, log_stds
+
+
+def _value_and_grads(method: str, options: Dict, batch_shape, n_components: int, dim: int, dtype: th.dtype):
+    logits, means, log_stds = _mixture(batch_shape, n_components, dim, dtype)
+    stds = log_stds.exp().expand(*batch_shape, n_components, dim)
+    entropy = gmm_entropy(logits, means, stds, method=method, **options)
+    # A different incoming gradient per batch element: rows mixed up in the kernel would show.
+    weights = th.linspace(0.5, 2.0, entropy.numel(), dtype=dtype).view_as(entropy)
+    grads = th.autograd.grad((weights * entropy).sum(), (logits, means, log_stds))
+    return (entropy.detach(), *grads)
+
+
+CASES = [
+    ("qmc", {}, 4, 1),  # the 1-D rule, shared by every component
+    ("qmc", {}, 3, 6),  # Sobol points per component
+    ("qmc", {"integrand": "log_responsibility"}, 3, 2),
+    ("qmc", {"n_points": 16}, 8, 3),
+    ("sigma_points", {"degree": 5}, 2, 3),
+]
+
+
+@needs_kernel
+def test_kernel_builds_where_a_compiler_is_present(monkeypatch, fresh_native, tmp_path):
+    monkeypatch.setenv(native.ENV_CACHE_DIR, str(tmp_path))
+    for dtype in (th.float32, th.float64):
+        assert native.kernel(dtype) is not None, native.build_error(dtype)
+    assert sorted(path.suffix for path in tmp_path.iterdir()) == [".so", ".so"]  # nothing half-written left
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [th.float64, th.float32])
+@pytest.mark.parametrize("batch_shape", [(7,), (3, 5)])
+@pytest.mark.parametrize("method,options,n_components,dim", CASES)
+def test_kernel_equals_the_torch_path(
+    monkeypatch, fresh_native, kernel_calls, dtype, batch_shape, method, options, n_components, dim
+):
+    got = _value_and_grads(method, options, batch_shape, n_components, dim, dtype)
+    assert kernel_calls == [th.Size(batch_shape).numel()]
+    monkeypatch.setattr(native, "kernel", lambda dtype: None)
+    expected = _value_and_grads(method, options, batch_shape, n_components, dim, dtype)
+    assert kernel_calls == [th.Size(batch_shape).numel()]  # the second run was torch's
+    tolerance = dict(rtol=1e-10, atol=1e-12) if dtype == th.float64 else dict(rtol=2e-5, atol=2e-5)
+    for value, reference in zip(got, expected):
+        assert value.shape == reference.shape
+        th.testing.assert_close(value, reference, **tolerance)
+
+
+@needs_kernel
+@pytest.mark.parametrize("method,options,n_components,dim", CASES[:3])
+def test_kernel_gradients_pass_gradcheck_and_second_derivatives_are_autograds(
+    fresh_native, kernel_calls, method, options, n_components, dim
+):
+    logits, means, log_stds = _mixture((3,), n_components, dim, th.float64, seed=2)
+
+    def entropy(logits, means, log_stds):
+        return gmm_entropy(logits, means, log_stds.exp().expand_as(means), method=method, **options)
+
+    assert th.autograd.gradcheck(entropy, (logits, means, log_stds))
+    assert kernel_calls  # the first derivative was the kernel's
+    # A backward that records a graph differentiates the reference implementation (exact second derivatives).
+    assert th.autograd.gradgradcheck(entropy, (logits, means, log_stds))
+
+
+@needs_kernel
+@pytest.mark.parametrize("dim", [1, 4])
+def test_nan_in_gives_nan_out_with_validation_off(fresh_native, kernel_calls, dim):
+    logits, means, log_stds = _mixture((4,), 3, dim, th.float32)
+    means = means.detach().clone()
+    stds = log_stds.detach().exp().expand_as(means).clone()
+    means[1, 0, 0] = float("nan")
+    stds[2, 1, 0] = float("inf")
+    with validation(False):
+        entropy = gmm_entropy(logits.detach(), means, stds)
+    assert kernel_calls == [4]
+    assert th.isnan(entropy[1:3]).all()
+    assert th.isfinite(entropy[[0, 3]]).all()
+
+
+@needs_kernel
+def test_loading_the_kernel_keeps_subnormal_numbers(fresh_native):
+    """A library linked with -ffast-math would switch the whole process to flush subnormals to zero."""
+    for dtype in (th.float32, th.float64):
+        assert native.kernel(dtype) is not None
+        tiny = th.finfo(dtype).tiny
+        assert (th.tensor(tiny, dtype=dtype) / 4).item() > 0
+
+
+@needs_kernel
+def test_a_cached_kernel_is_loaded_without_compiling(monkeypatch, fresh_native):
+    assert native.kernel(th.float32) is not None
+    native.reset()
+
+    def refuse(*args):
+        raise AssertionError("compiled again although the cache holds the library")
+
+    monkeypatch.setattr(native, "_compile", refuse)
+    assert native.kernel(th.float32) is not None
+
+
+def test_minibatches_take_the_kernel_and_other_layouts_keep_torch(monkeypatch):
+    sentinel = object()
+    monkeypatch.setattr(native, "kernel", lambda dtype: sentinel)
+    means = th.zeros(64, 4, 1)
+    params = mixture_params(th.zeros(64, 4), means, th.ones_like(means))
+    points, _, features = _qmc_rule(4, 1, 64, 0, th.float32, th.device("cpu"))
+    plan = quadrature._plan(params, points, features)
+    assert plan.kernel is sentinel and plan.rows == 64 and plan.batch_shape == (64,)
+    # Monte Carlo's points per batch element, and points of another dtype, stay on the torch path.
+    per_element = th.zeros(64, 4, 8, 1)
+    assert quadrature._plan(params, per_element, point_features(per_element)) is None
+    assert quadrature._plan(params, points.double(), point_features(points.double())) is None
+
+
+def test_without_a_compiler_the_estimate_falls_back_with_one_warning(monkeypatch, fresh_native, kernel_calls):
+    logits, means, log_stds = _mixture((5,), 3, 2, th.float64)
+    stds = log_stds.exp().expand_as(means)
+    original_kernel = native.kernel
+    monkeypatch.setattr(native, "kernel", lambda dtype: None)
+    expected = gmm_entropy(logits, means, stds)
+    monkeypatch.setattr(native, "kernel", original_kernel)
+    monkeypatch.setenv(native.ENV_CACHE_DIR, str(fresh_native / "empty"))
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with pytest.warns(RuntimeWarning, match="SB3_GMM_NATIVE=0"):
+        got = gmm_entropy(logits, means, stds)
+    th.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert "no C compiler found" in native.build_error(th.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gmm_entropy(logits, means, stds)  # warned once per process, not per call
+    assert kernel_calls == []
+
+
+def test_required_kernel_raises_and_bad_settings_are_named(monkeypatch, fresh_native):
+    logits, means, stds = th.zeros(2, 3), th.randn(2, 3, 2), th.ones(2, 3, 2)
+    monkeypatch.setenv(native.ENV_CACHE_DIR, str(fresh_native / "empty"))
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setenv(native.ENV_SWITCH, "1")
+    with pytest.raises(RuntimeError, match="SB3_GMM_NATIVE=1 requires the kernel.*set CC"):
+        gmm_entropy(logits, means, stds)
+    native.reset()
+    monkeypatch.setenv(native.ENV_SWITCH, "sometimes")
+    with pytest.raises(ValueError, match="SB3_GMM_NATIVE='sometimes'.*auto, 0 \\(off\\) or 1"):
+        gmm_entropy(logits, means, stds)
+    native.reset()
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    assert native.kernel(th.float32) is None and native.build_error(th.float32) is None  # not even tried
