@@ -145,19 +145,38 @@ int sb3_gmm_quadrature_entropy(int64_t n_batch, int64_t n_components, int64_t di
                     point_t[d * n + p] = eps[p * D + d];
                     point_sq[d * n + p] = eps[p * D + d] * eps[p * D + d];
                 }
+            /* The first coordinate's terms, the constant and the running max over j in one pass; the other
+             * coordinates (D > 1) add theirs before the max is taken. Few, long loops: at K <= 8 and n <= 64 the cost of
+             * starting a vectorised loop is a large part of the work. */
             for (int64_t j = 0; j < K; ++j) {
                 const REAL *coef = coefficients + (i * K + j) * F;
-                REAL *e = shifted + j * n;
-                for (int64_t p = 0; p < n; ++p) e[p] = coef[2 * D];
-                for (int64_t d = 0; d < D; ++d) {
+                REAL *restrict e = shifted + j * n;
+                const REAL constant = coef[2 * D];
+                for (int64_t d = 1; d < D; ++d) {
                     const REAL lin = coef[d], quad = coef[D + d];
                     const REAL *x = point_t + d * n, *x2 = point_sq + d * n;
-                    for (int64_t p = 0; p < n; ++p) e[p] += lin * x[p] + quad * x2[p];
+                    if (d == 1)
+                        for (int64_t p = 0; p < n; ++p) e[p] = lin * x[p] + quad * x2[p];
+                    else
+                        for (int64_t p = 0; p < n; ++p) e[p] += lin * x[p] + quad * x2[p];
                 }
+                const REAL lin = coef[0], quad = coef[D];
+                const REAL *x = point_t, *x2 = point_sq;
+                if (D == 1 && j == 0)
+                    for (int64_t p = 0; p < n; ++p) shift[p] = e[p] = constant + lin * x[p] + quad * x2[p];
+                else if (D == 1)
+                    for (int64_t p = 0; p < n; ++p) {
+                        e[p] = constant + lin * x[p] + quad * x2[p];
+                        shift[p] = e[p] > shift[p] ? e[p] : shift[p];
+                    }
+                else if (j == 0)
+                    for (int64_t p = 0; p < n; ++p) shift[p] = e[p] += constant + lin * x[p] + quad * x2[p];
+                else
+                    for (int64_t p = 0; p < n; ++p) {
+                        e[p] += constant + lin * x[p] + quad * x2[p];
+                        shift[p] = e[p] > shift[p] ? e[p] : shift[p];
+                    }
             }
-            for (int64_t p = 0; p < n; ++p) shift[p] = shifted[p];
-            for (int64_t j = 1; j < K; ++j)
-                for (int64_t p = 0; p < n; ++p) shift[p] = shifted[j * n + p] > shift[p] ? shifted[j * n + p] : shift[p];
             for (int64_t p = 0; p < n; ++p) normaliser[p] = mean_exponent[p] = 0;
             for (int64_t j = 0; j < K; ++j) {
                 REAL *e = shifted + j * n, *ex = exponentials + j * n;
@@ -186,20 +205,34 @@ int sb3_gmm_quadrature_entropy(int64_t n_batch, int64_t n_components, int64_t di
             for (int64_t j = 0; j < K; ++j) {
                 REAL *e = shifted + j * n;
                 const REAL *ex = exponentials + j * n;
-                if (responsibility_entropy)
-                    for (int64_t p = 0; p < n; ++p) e[p] = ex[p] * point_scale[p] * (e[p] - mean_exponent[p]);
-                else
-                    for (int64_t p = 0; p < n; ++p) e[p] = -ex[p] * point_scale[p];
                 REAL *grad_coef = grad_coefficients + (i * K + j) * F;
-                REAL constant = 0;
-                for (int64_t p = 0; p < n; ++p) constant += e[p];
-                grad_coef[2 * D] = constant;
-                for (int64_t d = 0; d < D; ++d) {
-                    const REAL *x = point_t + d * n, *x2 = point_sq + d * n;
-                    REAL lin = 0, quad = 0;
+                const REAL *x = point_t, *x2 = point_sq;
+                REAL constant = 0, lin = 0, quad = 0;
+                if (responsibility_entropy)
                     for (int64_t p = 0; p < n; ++p) {
-                        lin += e[p] * x[p];
-                        quad += e[p] * x2[p];
+                        const REAL t = ex[p] * point_scale[p] * (e[p] - mean_exponent[p]);
+                        e[p] = t;
+                        constant += t;
+                        lin += t * x[p];
+                        quad += t * x2[p];
+                    }
+                else
+                    for (int64_t p = 0; p < n; ++p) {
+                        const REAL t = -ex[p] * point_scale[p];
+                        e[p] = t;
+                        constant += t;
+                        lin += t * x[p];
+                        quad += t * x2[p];
+                    }
+                grad_coef[2 * D] = constant;
+                grad_coef[0] = lin;
+                grad_coef[D] = quad;
+                for (int64_t d = 1; d < D; ++d) {
+                    const REAL *xd = point_t + d * n, *xd2 = point_sq + d * n;
+                    lin = quad = 0;
+                    for (int64_t p = 0; p < n; ++p) {
+                        lin += e[p] * xd[p];
+                        quad += e[p] * xd2[p];
                     }
                     grad_coef[d] = lin;
                     grad_coef[D + d] = quad;
