@@ -1,15 +1,20 @@
 /* The quadrature entropy estimate of sb3_gmm.entropy.quadrature and its first derivative, in one call.
  *
- * The same arithmetic as quadrature._fused_forward / _fused_backward (read those for the maths), for one batch
- * element at a time. Eager PyTorch pays a few microseconds per op and the fused torch path is ~90 of them, so at RL
- * minibatch sizes that bookkeeping, not the arithmetic, was the cost; here the whole forward and backward is one call.
- * Loops run over the points innermost so that the compiler vectorises them (exp and log included, through glibc's
- * vector math library; hence -ffast-math, which is safe here: every input is finite and every distance is capped).
+ * The same arithmetic as quadrature._fused_forward / _fused_backward (read those for the maths). Eager PyTorch pays
+ * a few microseconds per op and the fused torch path is ~90 of them, so at RL minibatch sizes that bookkeeping, not
+ * the arithmetic, was the cost; here the whole forward and backward is one call.
+ *
+ * The batch is processed in blocks of BLOCK elements. The O(K^2 D) set-up and chain rule run per element; the
+ * O(K^2 n D) part runs with the block's elements innermost, so every hot loop is BLOCK long and the compiler
+ * vectorises it (exp and log included, through glibc's vector math library; hence -ffast-math, which is safe here:
+ * every input is checked finite and every distance is capped). Vectorising over the points instead (n = 36 in 1-D)
+ * left ~100 ns of loop start-up per (element, component pair), most of the time at K = 4.
  *
  * Compiled twice, with -DREAL=float and -DREAL=double (native.py builds and loads it; no Python headers, no torch
  * headers). Returns 0, or 1 when memory for the workspace could not be allocated.
  */
-#include <math.h>
+/* Type-generic exp and log: the float build must call expf / logf (log of a float would otherwise run in double). */
+#include <tgmath.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,226 +55,227 @@ static REAL not_a_number(void) {
 #define HALF_LOG_2PI_E 1.4189385332046727
 
 /*
- * Inputs, all C-contiguous:
- *   log_weights [B, K], means / stds / log_stds [B, K, D];
- *   points: the standard-normal points of batch element b and component i start at
- *           points + b * point_batch_stride + i * point_component_stride, as [n, D];
+ * Inputs: log_weights [B, K], means / stds / log_stds [B, K, D], each C-contiguous per batch element, element b
+ *   starting batch_strides[input] * b elements after the first (0 for an input shared by the whole batch);
+ *   points: the standard-normal points of component i start at points + i * point_component_stride, as [n, D]
+ *           (0: shared by every component);
  *   point_weights [n].
  * Outputs: value [B]; when grad_log_weights is not NULL, the gradient of value[b] w.r.t. the inputs of element b
- * (an incoming gradient of one): grad_log_weights [B, K], grad_means / grad_stds [B, K, D], grad_log_stds [B, K]
- * (log_stds enter only through their sum over D).
+ * (an incoming gradient of one): [K] log weights, [K, D] means, [K, D] stds, [K] log stds (they enter only through
+ * their sum over D), each starting grad_batch_stride * b elements after its pointer (one buffer for all four, so
+ * that the backward scales them with one multiplication).
  */
+#define BLOCK 64
+
 int sb3_gmm_quadrature_entropy(int64_t n_batch, int64_t n_components, int64_t dim, int64_t n_points,
                                const REAL *log_weights, const REAL *means, const REAL *stds, const REAL *log_stds,
-                               const REAL *points, int64_t point_batch_stride, int64_t point_component_stride,
-                               const REAL *point_weights, int32_t responsibility_entropy, REAL distance_cap,
-                               REAL *value, REAL *grad_log_weights, REAL *grad_means, REAL *grad_stds,
-                               REAL *grad_log_stds) {
+                               const int64_t *batch_strides, const REAL *points, int64_t point_component_stride,
+                               const REAL *point_weights,
+                               int32_t responsibility_entropy, REAL distance_cap, REAL *value,
+                               REAL *grad_log_weights, REAL *grad_means, REAL *grad_stds, REAL *grad_log_stds,
+                               int64_t grad_batch_stride) {
     const int64_t K = n_components, D = dim, n = n_points;
     const int64_t F = 2 * D + 1; /* coefficients per pair: linear [D], quadratic [D], constant */
     const int with_gradient = grad_log_weights != NULL;
-    /* One workspace for everything per batch element, reused across the batch. */
-    const int64_t size = K * K * F   /* coefficients */
-                         + K * K * F /* their gradients */
-                         + 2 * K * K * D /* scaled differences z_ij and std ratios r_ij */
-                         + 2 * D * n /* the points of one component, transposed, and their squares */
-                         + 2 * K * n /* shifted exponents and their exponentials for one component */
-                         + 4 * n     /* max, normaliser, mean exponent, per-point scale */
-                         + 2 * K;    /* weights, per-component estimates */
+    /* Per element: per-component estimates and coefficient gradients [K + K K F]. Per block, element innermost:
+     * coefficients and their gradients [K, K, F, BLOCK], exponents and exponentials [K, BLOCK], per-point
+     * scratch [4, BLOCK], per-component sums and weights [2, K, BLOCK], validity [BLOCK]; one point [2 D]. */
+    const int64_t size = K + K * K * F + 2 * K * K * F * BLOCK + 2 * K * BLOCK + 4 * BLOCK + 2 * K * BLOCK + BLOCK +
+                         2 * D;
     REAL *work = (REAL *)malloc((size_t)size * sizeof(REAL));
     if (work == NULL) return 1;
-    REAL *coefficients = work;
-    REAL *grad_coefficients = coefficients + K * K * F;
-    REAL *scaled_diff = grad_coefficients + K * K * F;
-    REAL *std_ratio = scaled_diff + K * K * D;
-    REAL *point_t = std_ratio + K * K * D;
-    REAL *point_sq = point_t + D * n;
-    REAL *shifted = point_sq + D * n;
-    REAL *exponentials = shifted + K * n;
-    REAL *shift = exponentials + K * n;
-    REAL *normaliser = shift + n;
-    REAL *mean_exponent = normaliser + n;
-    REAL *point_scale = mean_exponent + n;
-    REAL *weights = point_scale + n;
-    REAL *per_component = weights + K;
+    REAL *restrict per_component = work;                             /* [K] of one element */
+    REAL *restrict grad_coef = per_component + K;                    /* [K, K, F] of one element */
+    REAL *restrict block_coef = grad_coef + K * K * F;               /* [K, K, F, BLOCK] */
+    REAL *restrict block_grad = block_coef + K * K * F * BLOCK;      /* [K, K, F, BLOCK] */
+    REAL *restrict exponent = block_grad + K * K * F * BLOCK;        /* [K, BLOCK] */
+    REAL *restrict exponential = exponent + K * BLOCK;               /* [K, BLOCK] */
+    REAL *restrict shift = exponential + K * BLOCK;                  /* [BLOCK] */
+    REAL *restrict normaliser = shift + BLOCK;                       /* [BLOCK] */
+    REAL *restrict mean_exponent = normaliser + BLOCK;               /* [BLOCK] */
+    REAL *restrict point_scale = mean_exponent + BLOCK;              /* [BLOCK] */
+    REAL *restrict averaged = point_scale + BLOCK;                   /* [K, BLOCK] */
+    REAL *restrict weights = averaged + K * BLOCK;                   /* [K, BLOCK] */
+    REAL *restrict valid = weights + K * BLOCK;                      /* [BLOCK]: 1 or 0 */
+    REAL *restrict point = valid + BLOCK;                            /* [2, D]: eps and eps^2 of one point */
 
-    for (int64_t b = 0; b < n_batch; ++b) {
-        const REAL *lw = log_weights + b * K;
-        const REAL *mu = means + b * K * D;
-        const REAL *s = stds + b * K * D;
-        const REAL *ls = log_stds + b * K * D;
-        /* NaN or inf in (callers that switched validation off) gives NaN out, as the torch path does, instead of
-         * whatever the fast-math arithmetic would make of it. */
-        int valid = 1;
-        for (int64_t i = 0; i < K; ++i) valid &= usable(lw[i], 0);
-        for (int64_t f = 0; f < K * D; ++f) valid &= usable(mu[f], 0) & usable(s[f], 1) & usable(ls[f], 0);
-        if (!valid) {
-            value[b] = not_a_number();
-            if (with_gradient)
-                for (int64_t k = 0; k < K; ++k) {
-                    grad_log_weights[b * K + k] = grad_log_stds[b * K + k] = not_a_number();
-                    for (int64_t d = 0; d < D; ++d)
-                        grad_means[(b * K + k) * D + d] = grad_stds[(b * K + k) * D + d] = not_a_number();
+    for (int64_t start = 0; start < n_batch; start += BLOCK) {
+        const int64_t nb = n_batch - start < BLOCK ? n_batch - start : BLOCK;
+        /* Set-up per element: log w_j + Delta_ij(eps) = c_ij + sum_d lin_ijd eps_d + quad_ijd eps_d^2
+         * (quadrature._exponent_form), stored element-innermost. */
+        for (int64_t e = 0; e < nb; ++e) {
+            const int64_t b = start + e;
+            const REAL *lw = log_weights + b * batch_strides[0], *mu = means + b * batch_strides[1];
+            const REAL *s = stds + b * batch_strides[2], *ls = log_stds + b * batch_strides[3];
+            /* NaN or inf in (callers that switched validation off) gives NaN out, as the torch path does, instead
+             * of whatever the fast-math arithmetic would make of it. The element is computed on harmless inputs. */
+            int ok = 1;
+            for (int64_t i = 0; i < K; ++i) ok &= usable(lw[i], 0);
+            for (int64_t f = 0; f < K * D; ++f) ok &= usable(mu[f], 0) & usable(s[f], 1) & usable(ls[f], 0);
+            valid[e] = (REAL)ok;
+            for (int64_t i = 0; i < K; ++i) {
+                weights[i * BLOCK + e] = ok ? exp(lw[i]) : (REAL)1 / (REAL)K;
+                for (int64_t j = 0; j < K; ++j)
+                    for (int64_t f = 0; f < F; ++f) block_coef[((i * K + j) * F + f) * BLOCK + e] = 0;
+            }
+            if (!ok) continue;
+            for (int64_t i = 0; i < K; ++i) {
+                REAL sum_log_std_i = 0;
+                for (int64_t d = 0; d < D; ++d) sum_log_std_i += ls[i * D + d];
+                for (int64_t j = 0; j < K; ++j) {
+                    REAL constant = sum_log_std_i + lw[j];
+                    for (int64_t d = 0; d < D; ++d) {
+                        const REAL inv_std_j = 1 / s[j * D + d];
+                        REAL z = (mu[i * D + d] - mu[j * D + d]) * inv_std_j;
+                        z = z > distance_cap ? distance_cap : (z < -distance_cap ? -distance_cap : z);
+                        const REAL r = s[i * D + d] * inv_std_j;
+                        block_coef[((i * K + j) * F + d) * BLOCK + e] = -z * r;
+                        block_coef[((i * K + j) * F + D + d) * BLOCK + e] = (REAL)0.5 - (REAL)0.5 * r * r;
+                        constant -= ls[j * D + d] + (REAL)0.5 * z * z;
+                    }
+                    block_coef[((i * K + j) * F + 2 * D) * BLOCK + e] = constant;
                 }
-            continue;
-        }
-        for (int64_t i = 0; i < K; ++i) weights[i] = exp(lw[i]);
-        /* log w_j + Delta_ij(eps) = c_ij + sum_d lin_ijd eps_d + quad_ijd eps_d^2 (quadrature._exponent_form). */
-        for (int64_t i = 0; i < K; ++i) {
-            REAL sum_log_std_i = 0;
-            for (int64_t d = 0; d < D; ++d) sum_log_std_i += ls[i * D + d];
-            for (int64_t j = 0; j < K; ++j) {
-                REAL *coef = coefficients + (i * K + j) * F;
-                REAL constant = sum_log_std_i + lw[j];
-                for (int64_t d = 0; d < D; ++d) {
-                    const REAL inv_std_j = 1 / s[j * D + d];
-                    REAL z = (mu[i * D + d] - mu[j * D + d]) * inv_std_j;
-                    z = z > distance_cap ? distance_cap : (z < -distance_cap ? -distance_cap : z);
-                    const REAL r = s[i * D + d] * inv_std_j;
-                    scaled_diff[(i * K + j) * D + d] = z;
-                    std_ratio[(i * K + j) * D + d] = r;
-                    coef[d] = -z * r;
-                    coef[D + d] = (REAL)0.5 - (REAL)0.5 * r * r;
-                    constant -= ls[j * D + d] + (REAL)0.5 * z * z;
-                }
-                coef[2 * D] = constant;
             }
         }
         if (with_gradient)
-            for (int64_t f = 0; f < K * K * F; ++f) grad_coefficients[f] = 0;
-        REAL total = 0;
+            for (int64_t f = 0; f < K * K * F * BLOCK; ++f) block_grad[f] = 0;
+        /* The points, element innermost: every loop below runs over the block. */
         for (int64_t i = 0; i < K; ++i) {
-            const REAL *eps = points + b * point_batch_stride + i * point_component_stride;
-            for (int64_t d = 0; d < D; ++d)
-                for (int64_t p = 0; p < n; ++p) {
-                    point_t[d * n + p] = eps[p * D + d];
-                    point_sq[d * n + p] = eps[p * D + d] * eps[p * D + d];
-                }
-            /* The first coordinate's terms, the constant and the running max over j in one pass; the other
-             * coordinates (D > 1) add theirs before the max is taken. Few, long loops: at K <= 8 and n <= 64 the cost of
-             * starting a vectorised loop is a large part of the work. */
-            for (int64_t j = 0; j < K; ++j) {
-                const REAL *coef = coefficients + (i * K + j) * F;
-                REAL *restrict e = shifted + j * n;
-                const REAL constant = coef[2 * D];
-                for (int64_t d = 1; d < D; ++d) {
-                    const REAL lin = coef[d], quad = coef[D + d];
-                    const REAL *x = point_t + d * n, *x2 = point_sq + d * n;
-                    if (d == 1)
-                        for (int64_t p = 0; p < n; ++p) e[p] = lin * x[p] + quad * x2[p];
-                    else
-                        for (int64_t p = 0; p < n; ++p) e[p] += lin * x[p] + quad * x2[p];
-                }
-                const REAL lin = coef[0], quad = coef[D];
-                const REAL *x = point_t, *x2 = point_sq;
-                if (D == 1 && j == 0)
-                    for (int64_t p = 0; p < n; ++p) shift[p] = e[p] = constant + lin * x[p] + quad * x2[p];
-                else if (D == 1)
-                    for (int64_t p = 0; p < n; ++p) {
-                        e[p] = constant + lin * x[p] + quad * x2[p];
-                        shift[p] = e[p] > shift[p] ? e[p] : shift[p];
-                    }
-                else if (j == 0)
-                    for (int64_t p = 0; p < n; ++p) shift[p] = e[p] += constant + lin * x[p] + quad * x2[p];
-                else
-                    for (int64_t p = 0; p < n; ++p) {
-                        e[p] += constant + lin * x[p] + quad * x2[p];
-                        shift[p] = e[p] > shift[p] ? e[p] : shift[p];
-                    }
-            }
-            for (int64_t p = 0; p < n; ++p) normaliser[p] = mean_exponent[p] = 0;
-            for (int64_t j = 0; j < K; ++j) {
-                REAL *e = shifted + j * n, *ex = exponentials + j * n;
-                for (int64_t p = 0; p < n; ++p) {
-                    e[p] -= shift[p];
-                    ex[p] = exp(e[p]);
-                    normaliser[p] += ex[p];
-                    mean_exponent[p] += e[p] * ex[p];
-                }
-            }
-            REAL averaged = 0; /* sum_p v_p h(x_ip) or sum_p v_p log(p(x_ip) / N_i(x_ip)) */
+            REAL *restrict sum_i = averaged + i * BLOCK;
+            for (int64_t e = 0; e < nb; ++e) sum_i[e] = 0;
             for (int64_t p = 0; p < n; ++p) {
-                mean_exponent[p] /= normaliser[p];
-                const REAL log_normaliser = log(normaliser[p]);
-                averaged += point_weights[p] * (responsibility_entropy ? log_normaliser - mean_exponent[p]
-                                                                       : shift[p] + log_normaliser);
-            }
-            REAL gaussian = HALF_LOG_2PI_E * (REAL)D;
-            for (int64_t d = 0; d < D; ++d) gaussian += ls[i * D + d];
-            per_component[i] = responsibility_entropy ? gaussian - lw[i] - averaged : gaussian - averaged;
-            total += weights[i] * per_component[i];
-            if (!with_gradient) continue;
-            /* d value / d exponent_ijp = w_i v_p r_ijp (e_ijp - mean_p) for the responsibility entropy, -w_i v_p r_ijp
-             * for the log responsibility; then onto the coefficients through the features [eps, eps^2, 1]. */
-            for (int64_t p = 0; p < n; ++p) point_scale[p] = weights[i] * point_weights[p] / normaliser[p];
-            for (int64_t j = 0; j < K; ++j) {
-                REAL *e = shifted + j * n;
-                const REAL *ex = exponentials + j * n;
-                REAL *grad_coef = grad_coefficients + (i * K + j) * F;
-                const REAL *x = point_t, *x2 = point_sq;
-                REAL constant = 0, lin = 0, quad = 0;
+                const REAL *eps = points + i * point_component_stride + p * D;
+                for (int64_t d = 0; d < D; ++d) {
+                    point[d] = eps[d];
+                    point[D + d] = eps[d] * eps[d];
+                }
+                const REAL v = point_weights[p];
+                for (int64_t j = 0; j < K; ++j) {
+                    const REAL *c = block_coef + (i * K + j) * F * BLOCK;
+                    REAL *restrict x = exponent + j * BLOCK;
+                    const REAL *constant = c + 2 * D * BLOCK;
+                    for (int64_t e = 0; e < nb; ++e) x[e] = constant[e];
+                    for (int64_t d = 0; d < D; ++d) {
+                        const REAL *lin = c + d * BLOCK, *quad = c + (D + d) * BLOCK;
+                        const REAL eps_d = point[d], eps_d2 = point[D + d];
+                        for (int64_t e = 0; e < nb; ++e) x[e] += lin[e] * eps_d + quad[e] * eps_d2;
+                    }
+                    if (j == 0)
+                        for (int64_t e = 0; e < nb; ++e) shift[e] = x[e];
+                    else
+                        for (int64_t e = 0; e < nb; ++e) shift[e] = x[e] > shift[e] ? x[e] : shift[e];
+                }
+                for (int64_t e = 0; e < nb; ++e) normaliser[e] = mean_exponent[e] = 0;
+                for (int64_t j = 0; j < K; ++j) {
+                    REAL *restrict x = exponent + j * BLOCK, *restrict ex = exponential + j * BLOCK;
+                    for (int64_t e = 0; e < nb; ++e) {
+                        x[e] -= shift[e];
+                        ex[e] = exp(x[e]);
+                        normaliser[e] += ex[e];
+                        mean_exponent[e] += x[e] * ex[e];
+                    }
+                }
                 if (responsibility_entropy)
-                    for (int64_t p = 0; p < n; ++p) {
-                        const REAL t = ex[p] * point_scale[p] * (e[p] - mean_exponent[p]);
-                        e[p] = t;
-                        constant += t;
-                        lin += t * x[p];
-                        quad += t * x2[p];
+                    for (int64_t e = 0; e < nb; ++e) {
+                        mean_exponent[e] /= normaliser[e];
+                        sum_i[e] += v * (log(normaliser[e]) - mean_exponent[e]);
                     }
                 else
-                    for (int64_t p = 0; p < n; ++p) {
-                        const REAL t = -ex[p] * point_scale[p];
-                        e[p] = t;
-                        constant += t;
-                        lin += t * x[p];
-                        quad += t * x2[p];
+                    for (int64_t e = 0; e < nb; ++e) sum_i[e] += v * (shift[e] + log(normaliser[e]));
+                if (!with_gradient) continue;
+                /* d value / d exponent_ij = w_i v r_ij (x_ij - mean) for the responsibility entropy, -w_i v r_ij for
+                 * the log responsibility (w_i is applied after the sum over points); onto the coefficients through
+                 * the features [eps, eps^2, 1]. */
+                for (int64_t e = 0; e < nb; ++e) point_scale[e] = v / normaliser[e];
+                for (int64_t j = 0; j < K; ++j) {
+                    REAL *restrict x = exponent + j * BLOCK;
+                    const REAL *ex = exponential + j * BLOCK;
+                    REAL *g = block_grad + (i * K + j) * F * BLOCK;
+                    REAL *restrict g_constant = g + 2 * D * BLOCK;
+                    if (responsibility_entropy)
+                        for (int64_t e = 0; e < nb; ++e) {
+                            x[e] = ex[e] * point_scale[e] * (x[e] - mean_exponent[e]);
+                            g_constant[e] += x[e];
+                        }
+                    else
+                        for (int64_t e = 0; e < nb; ++e) {
+                            x[e] = -ex[e] * point_scale[e];
+                            g_constant[e] += x[e];
+                        }
+                    for (int64_t d = 0; d < D; ++d) {
+                        REAL *restrict g_lin = g + d * BLOCK, *restrict g_quad = g + (D + d) * BLOCK;
+                        const REAL eps_d = point[d], eps_d2 = point[D + d];
+                        for (int64_t e = 0; e < nb; ++e) {
+                            g_lin[e] += x[e] * eps_d;
+                            g_quad[e] += x[e] * eps_d2;
+                        }
                     }
-                grad_coef[2 * D] = constant;
-                grad_coef[0] = lin;
-                grad_coef[D] = quad;
-                for (int64_t d = 1; d < D; ++d) {
-                    const REAL *xd = point_t + d * n, *xd2 = point_sq + d * n;
-                    lin = quad = 0;
-                    for (int64_t p = 0; p < n; ++p) {
-                        lin += e[p] * xd[p];
-                        quad += e[p] * xd2[p];
-                    }
-                    grad_coef[d] = lin;
-                    grad_coef[D + d] = quad;
                 }
             }
         }
-        value[b] = total;
-        if (!with_gradient) continue;
-        /* The chain rule of quadrature._fused_backward, with an incoming gradient of one. */
-        REAL *g_lw = grad_log_weights + b * K, *g_mu = grad_means + b * K * D, *g_s = grad_stds + b * K * D;
-        REAL *g_ls = grad_log_stds + b * K;
-        for (int64_t k = 0; k < K; ++k) {
-            REAL into = 0, out_of = 0; /* sum_i' grad_constant_{i' k}, sum_j grad_constant_{k j} */
-            for (int64_t other = 0; other < K; ++other) {
-                into += grad_coefficients[(other * K + k) * F + 2 * D];
-                out_of += grad_coefficients[(k * K + other) * F + 2 * D];
+        /* Per element: the estimate, then the chain rule of quadrature._fused_backward (incoming gradient one). */
+        for (int64_t e = 0; e < nb; ++e) {
+            const int64_t b = start + e;
+            if (valid[e] == 0) {
+                value[b] = not_a_number();
+                if (with_gradient)
+                    for (int64_t k = 0; k < K; ++k) {
+                        grad_log_weights[b * grad_batch_stride + k] = grad_log_stds[b * grad_batch_stride + k] =
+                            not_a_number();
+                        for (int64_t d = 0; d < D; ++d)
+                            grad_means[b * grad_batch_stride + k * D + d] =
+                                grad_stds[b * grad_batch_stride + k * D + d] = not_a_number();
+                    }
+                continue;
             }
-            g_lw[k] = weights[k] * per_component[k] + into - (responsibility_entropy ? weights[k] : 0);
-            g_ls[k] = weights[k] + out_of - into;
-            for (int64_t d = 0; d < D; ++d) g_mu[k * D + d] = g_s[k * D + d] = 0;
-        }
-        for (int64_t i = 0; i < K; ++i)
-            for (int64_t j = 0; j < K; ++j) {
-                const REAL *grad_coef = grad_coefficients + (i * K + j) * F;
-                const REAL grad_constant = grad_coef[2 * D];
-                for (int64_t d = 0; d < D; ++d) {
-                    const REAL z = scaled_diff[(i * K + j) * D + d], r = std_ratio[(i * K + j) * D + d];
-                    const REAL inv_std_j = 1 / s[j * D + d];
-                    const REAL grad_scaled = -grad_constant * z - grad_coef[d] * r;
-                    const REAL grad_ratio = -grad_coef[d] * z - grad_coef[D + d] * r;
-                    const REAL grad_diff = grad_scaled * inv_std_j;
-                    g_mu[i * D + d] += grad_diff;
-                    g_mu[j * D + d] -= grad_diff;
-                    g_s[i * D + d] += grad_ratio * inv_std_j;
-                    g_s[j * D + d] -= (grad_ratio * r + grad_scaled * z) * inv_std_j;
+            const REAL *lw = log_weights + b * batch_strides[0], *mu = means + b * batch_strides[1];
+            const REAL *s = stds + b * batch_strides[2], *ls = log_stds + b * batch_strides[3];
+            REAL total = 0;
+            for (int64_t i = 0; i < K; ++i) {
+                REAL gaussian = HALF_LOG_2PI_E * (REAL)D;
+                for (int64_t d = 0; d < D; ++d) gaussian += ls[i * D + d];
+                per_component[i] = responsibility_entropy ? gaussian - lw[i] - averaged[i * BLOCK + e]
+                                                          : gaussian - averaged[i * BLOCK + e];
+                total += weights[i * BLOCK + e] * per_component[i];
+            }
+            value[b] = total;
+            if (!with_gradient) continue;
+            REAL *g_lw = grad_log_weights + b * grad_batch_stride, *g_mu = grad_means + b * grad_batch_stride;
+            REAL *g_s = grad_stds + b * grad_batch_stride, *g_ls = grad_log_stds + b * grad_batch_stride;
+            /* The block's coefficient gradients of this element, scaled by w_i. */
+            for (int64_t i = 0; i < K; ++i)
+                for (int64_t f = 0; f < K * F; ++f)
+                    grad_coef[i * K * F + f] = weights[i * BLOCK + e] * block_grad[(i * K * F + f) * BLOCK + e];
+            for (int64_t k = 0; k < K; ++k) {
+                REAL into = 0, out_of = 0; /* sum_i' grad_constant_{i' k}, sum_j grad_constant_{k j} */
+                for (int64_t other = 0; other < K; ++other) {
+                    into += grad_coef[(other * K + k) * F + 2 * D];
+                    out_of += grad_coef[(k * K + other) * F + 2 * D];
                 }
+                const REAL w = weights[k * BLOCK + e];
+                g_lw[k] = w * per_component[k] + into - (responsibility_entropy ? w : 0);
+                g_ls[k] = w + out_of - into;
+                for (int64_t d = 0; d < D; ++d) g_mu[k * D + d] = g_s[k * D + d] = 0;
             }
+            for (int64_t i = 0; i < K; ++i)
+                for (int64_t j = 0; j < K; ++j) {
+                    const REAL *gc = grad_coef + (i * K + j) * F;
+                    const REAL grad_constant = gc[2 * D];
+                    for (int64_t d = 0; d < D; ++d) {
+                        const REAL inv_std_j = 1 / s[j * D + d];
+                        REAL z = (mu[i * D + d] - mu[j * D + d]) * inv_std_j;
+                        z = z > distance_cap ? distance_cap : (z < -distance_cap ? -distance_cap : z);
+                        const REAL r = s[i * D + d] * inv_std_j;
+                        const REAL grad_scaled = -grad_constant * z - gc[d] * r;
+                        const REAL grad_ratio = -gc[d] * z - gc[D + d] * r;
+                        const REAL grad_diff = grad_scaled * inv_std_j;
+                        g_mu[i * D + d] += grad_diff;
+                        g_mu[j * D + d] -= grad_diff;
+                        g_s[i * D + d] += grad_ratio * inv_std_j;
+                        g_s[j * D + d] -= (grad_ratio * r + grad_scaled * z) * inv_std_j;
+                    }
+                }
+        }
     }
     free(work);
     return 0;

@@ -120,43 +120,64 @@ def quadrature_entropy(
     responsibility_entropy: bool,
     distance_cap: float,
     with_gradient: bool,
-) -> Tuple[th.Tensor, List[th.Tensor]]:
+) -> Tuple[th.Tensor, Optional[th.Tensor]]:
     """The estimate ``[N]`` and, with ``with_gradient``, its gradient for an incoming gradient of one.
 
     :param function: :func:`kernel` of the inputs' dtype
-    :param log_weights: ``[N, K]``; ``means``, ``stds``, ``log_stds``: ``[N, K, D]`` (all made contiguous here)
+    :param log_weights: ``[N, K]``; ``means``, ``stds``, ``log_stds``: ``[N, K, D]``. Views whose batch stride is 0
+        (one std for the whole batch, expanded) are read in place; other layouts are copied
     :param points: ``[n, D]`` shared or ``[K, n, D]`` per component
     :param point_weights: ``[n]``
     :param responsibility_entropy: the integrand (see :mod:`sb3_gmm.entropy.quadrature`)
     :param distance_cap: :func:`sb3_gmm.entropy._common.max_scaled_distance` of the dtype
-    :param with_gradient: also return the gradients w.r.t. log weights ``[N, K]``, means, stds ``[N, K, D]`` and
-        log stds ``[N, K, 1]``
+    :param with_gradient: also return the gradient, as one buffer ``[N, K (2 + 2D)]`` that
+        :func:`split_gradient` cuts into the gradients w.r.t. log weights, means, stds and log stds
     """
-    log_weights, means, stds, log_stds, points, point_weights = (
-        tensor.contiguous() for tensor in (log_weights, means, stds, log_stds, points, point_weights)
-    )
     n_batch, n_components, dim = means.shape
-    grads: List[th.Tensor] = []
-    if with_gradient:
-        grads = [
-            means.new_empty(n_batch, n_components),
-            means.new_empty(n_batch, n_components, dim),
-            means.new_empty(n_batch, n_components, dim),
-            means.new_empty(n_batch, n_components, 1),
-        ]
+    inputs = [_batch_major(tensor) for tensor in (log_weights, means, stds, log_stds)]
+    points, point_weights = points.contiguous(), point_weights.contiguous()
+    strides = (ctypes.c_int64 * 4)(*(tensor.stride(0) for tensor in inputs))
     value = means.new_empty(n_batch)
-    grad_pointers = [grad.data_ptr() for grad in grads] or [None] * 4
+    buffer = None
+    pointers: List[Optional[int]] = [None] * 4
+    row = n_components * (2 + 2 * dim)
+    if with_gradient:
+        buffer = means.new_empty(n_batch, row)
+        element = buffer.element_size()
+        offsets = (0, n_components, n_components * (1 + dim), n_components * (1 + 2 * dim))
+        pointers = [buffer.data_ptr() + offset * element for offset in offsets]
     n_points = point_weights.shape[0]
     status = function(
         n_batch, n_components, dim, n_points,
-        log_weights.data_ptr(), means.data_ptr(), stds.data_ptr(), log_stds.data_ptr(),
-        points.data_ptr(), 0, n_points * dim if points.dim() == 3 else 0, point_weights.data_ptr(),
+        *(tensor.data_ptr() for tensor in inputs), strides,
+        points.data_ptr(), n_points * dim if points.dim() == 3 else 0, point_weights.data_ptr(),
         int(responsibility_entropy), distance_cap,
-        value.data_ptr(), *grad_pointers,
+        value.data_ptr(), *pointers, row,
     )  # fmt: skip
     if status != 0:
         raise MemoryError(f"the entropy kernel could not allocate its workspace (K = {n_components}, D = {dim})")
-    return value, grads
+    return value, buffer
+
+
+def split_gradient(buffer: th.Tensor, n_components: int, dim: int) -> Tuple[th.Tensor, ...]:
+    """Views of a gradient buffer ``[..., K (2 + 2D)]``: log weights ``[..., K]``, means and stds ``[..., K, D]``,
+    log stds ``[..., K, 1]``."""
+    sizes = [n_components, n_components * dim, n_components * dim, n_components]
+    log_weights, means, stds, log_stds = buffer.split(sizes, dim=-1)
+    return (
+        log_weights,
+        means.unflatten(-1, (n_components, dim)),
+        stds.unflatten(-1, (n_components, dim)),
+        log_stds.unsqueeze(-1),
+    )
+
+
+def _batch_major(tensor: th.Tensor) -> th.Tensor:
+    """``tensor`` ``[N, ...]`` with each batch element's part contiguous (a copy only where it is not)."""
+    inner = tensor[0] if tensor.shape[0] > 0 else tensor
+    if inner.is_contiguous() and tensor.stride(0) in (0, inner.numel()):
+        return tensor
+    return tensor.contiguous()
 
 
 def build_error(dtype: th.dtype = th.float32) -> Optional[str]:
@@ -252,10 +273,10 @@ def _load(dtype: th.dtype) -> "ctypes._CFuncPtr":  # type: ignore[name-defined]
     size, pointer = ctypes.c_int64, ctypes.c_void_p
     function.argtypes = [
         size, size, size, size,  # batch, components, dim, points
-        pointer, pointer, pointer, pointer,  # log_weights, means, stds, log_stds
-        pointer, size, size, pointer,  # points, their batch and component strides, point weights
+        pointer, pointer, pointer, pointer, pointer,  # log_weights, means, stds, log_stds, their batch strides
+        pointer, size, pointer,  # points, their component stride, point weights
         ctypes.c_int32, ctype,  # responsibility_entropy, distance cap
-        pointer, pointer, pointer, pointer, pointer,  # value, gradients (NULL: none)
+        pointer, pointer, pointer, pointer, pointer, size,  # value, gradients (NULL: none), their batch stride
     ]  # fmt: skip
     function.restype = ctypes.c_int
     return function

@@ -369,6 +369,42 @@ def _flatten_batch(tensor: th.Tensor, batch_shape: th.Size, event_dims: int) -> 
     return tensor.expand(*batch_shape, *event_shape).reshape(-1, *event_shape)
 
 
+def _chunked(
+    flat: Sequence[th.Tensor],
+    features: th.Tensor,
+    point_weights: th.Tensor,
+    responsibility_entropy: bool,
+    plan: _Plan,
+) -> Tuple[th.Tensor, Optional[th.Tensor]]:
+    """The torch path over chunks of ``plan.rows`` batch elements: the estimate ``[N]`` and (with
+    ``plan.with_gradient``) the gradient buffer of :func:`native.split_gradient`'s layout."""
+    means = flat[1]
+    n_elements, n_components, dim = means.shape
+    # Shared ([n, F]) and per-component ([K, n, F]) features serve every chunk; per-batch-element ones
+    # ([..., K, n, F], Monte Carlo) are cut along with the batch.
+    per_element_features = features.dim() > 3
+    flat_features = _flatten_batch(features, plan.batch_shape, 3) if per_element_features else features
+    value = means.new_empty(n_elements)
+    buffer = None
+    if plan.with_gradient:
+        buffer = means.new_empty(n_elements, n_components * (2 + 2 * dim))
+        unit_grads = native.split_gradient(buffer, n_components, dim)
+        unit = means.new_ones(plan.rows)
+    for start in range(0, n_elements, plan.rows):
+        stop = min(start + plan.rows, n_elements)
+        part = slice(start, stop)
+        chunk_features = flat_features[part] if per_element_features else flat_features
+        value[part], saved = _fused_forward(
+            *(tensor[part] for tensor in flat), chunk_features, point_weights, responsibility_entropy
+        )
+        if buffer is not None:
+            chunk_grads = _fused_backward(saved, unit[: stop - start], responsibility_entropy)
+            for grad, chunk_grad in zip(unit_grads, chunk_grads):
+                grad[part] = chunk_grad
+        del saved  # free this chunk's [rows, K, K, n] tensors before the next chunk allocates its own
+    return value, buffer
+
+
 class _FusedQuadratureEntropy(th.autograd.Function):
     """The quadrature estimate with its gradient written out by hand.
 
@@ -408,50 +444,21 @@ class _FusedQuadratureEntropy(th.autograd.Function):
             ctx.save_for_backward(*saved, log_weights, means, stds, log_stds)
             return value
         batch_shape = plan.batch_shape
-        n_elements = batch_shape.numel()
         flat = [
             _flatten_batch(tensor, batch_shape, event_dims)
             for tensor, event_dims in ((log_weights, 1), (means, 2), (stds, 2), (log_stds, 2))
         ]
+        n_components, dim = means.shape[-2:]
         if plan.kernel is not None:
             cap = max_scaled_distance(means.dtype)
             value, unit_grads = native.quadrature_entropy(
                 plan.kernel, *flat, points, point_weights, responsibility_entropy, cap, plan.with_gradient
             )
-            ctx.save_for_backward(
-                *(grad.view(*batch_shape, *grad.shape[1:]) for grad in unit_grads),
-                features, point_weights, log_weights, means, stds, log_stds,
-            )  # fmt: skip
-            return value.view(batch_shape)
-        # Shared ([n, F]) and per-component ([K, n, F]) features serve every chunk; per-batch-element ones
-        # ([..., K, n, F], Monte Carlo) are cut along with the batch.
-        per_element_features = features.dim() > 3
-        flat_features = _flatten_batch(features, batch_shape, 3) if per_element_features else features
-        value = means.new_empty(n_elements)
-        n_components, dim = means.shape[-2:]
-        unit_grads = []
-        if plan.with_gradient:
-            unit_grads = [
-                means.new_empty(n_elements, *shape)
-                for shape in ((n_components,), (n_components, dim), (n_components, dim), (n_components, 1))
-            ]
-            unit = means.new_ones(plan.rows)
-        for start in range(0, n_elements, plan.rows):
-            stop = min(start + plan.rows, n_elements)
-            part = slice(start, stop)
-            chunk_features = flat_features[part] if per_element_features else flat_features
-            value[part], saved = _fused_forward(
-                *(tensor[part] for tensor in flat), chunk_features, point_weights, responsibility_entropy
-            )
-            if unit_grads:
-                chunk_grads = _fused_backward(saved, unit[: stop - start], responsibility_entropy)
-                for grad, chunk_grad in zip(unit_grads, chunk_grads):
-                    grad[part] = chunk_grad
-            del saved  # free this chunk's [rows, K, K, n] tensors before the next chunk allocates its own
-        ctx.save_for_backward(
-            *(grad.view(*batch_shape, *grad.shape[1:]) for grad in unit_grads),
-            features, point_weights, log_weights, means, stds, log_stds,
-        )  # fmt: skip
+        else:
+            value, unit_grads = _chunked(flat, features, point_weights, responsibility_entropy, plan)
+        ctx.dims = (n_components, dim)
+        saved_grads = () if unit_grads is None else (unit_grads.view(*batch_shape, unit_grads.shape[-1]),)
+        ctx.save_for_backward(*saved_grads, features, point_weights, log_weights, means, stds, log_stds)
         return value.view(batch_shape)
 
     @staticmethod
@@ -464,14 +471,11 @@ class _FusedQuadratureEntropy(th.autograd.Function):
         if grad_output.device.type == "cpu" and not bool(grad_output.any()):
             return (None,) * 9
         if ctx.precomputed:
-            # The gradients for an incoming gradient of one (of the kernel or the chunks), scaled per batch element.
-            unit_log_weights, unit_means, unit_stds, unit_log_stds = ctx.saved_tensors[:4]
-            grad = grad_output.unsqueeze(-1)
-            grad_stds = grad.unsqueeze(-1) * unit_stds
-            return (
-                grad * unit_log_weights, grad.unsqueeze(-1) * unit_means, grad_stds,
-                (grad.unsqueeze(-1) * unit_log_stds).expand_as(grad_stds), None, None, None, None, None,
-            )  # fmt: skip
+            # The gradient for an incoming gradient of one (of the kernel or the chunks), scaled per batch element
+            # in one multiplication.
+            scaled = grad_output.unsqueeze(-1) * ctx.saved_tensors[0]
+            grad_log_weights, grad_means, grad_stds, grad_log_stds = native.split_gradient(scaled, *ctx.dims)
+            return grad_log_weights, grad_means, grad_stds, grad_log_stds.expand_as(grad_stds), *(None,) * 5
         grad_log_weights, grad_means, grad_stds, grad_log_stds = _fused_backward(
             ctx.saved_tensors[:11], grad_output, ctx.responsibility_entropy
         )
