@@ -3,10 +3,14 @@
 The throughput targets of docs/performance.md leave the mixture path about 10% of a PPO update at K = 4. This
 script splits the default estimator's forward + backward at B = 64 into
 
-- the **fixed part**: the same call with the smallest point set (``n_points=2``), i.e. the ~90 eager ops of the
-  kernel and its bookkeeping with almost no arithmetic behind them; what no choice of points can remove;
+- the **fixed part**: the same call with the smallest point set (``n_points=2``), i.e. the estimator's bookkeeping
+  (dispatch, the autograd Function, its backward) and the kernel's set-up per element and component pair, with
+  almost no arithmetic behind them; what no choice of points can remove;
 - the **per-point part**: the rest, divided by the number of points the default evaluates per component (36 nodes
-  in 1-D, 64 Sobol points above), i.e. the arithmetic over the ``[B, K, K, n]`` intermediate.
+  in 1-D, 64 Sobol points above), i.e. the arithmetic over the ``[B, K, K, n]`` exponents.
+
+The default runs on the compiled kernel (``sb3_gmm.entropy.native``) where it builds; the same call on the torch path
+(``native.disabled()``, what a machine without a C compiler gets) is timed beside it.
 
 ``component_average`` (a few ops, no points) and one PPO minibatch step of SB3's MlpPolicy (evaluate_actions,
 backward, gradient clipping and Adam at B = 64, Pendulum-v1) give the scale. Every configuration is timed in each of
@@ -32,7 +36,7 @@ import torch as th  # noqa: E402
 
 from benchmarks import _report  # noqa: E402
 from sb3_gmm.distributions import GMMDistribution  # noqa: E402
-from sb3_gmm.entropy import DEFAULT_METHOD  # noqa: E402
+from sb3_gmm.entropy import DEFAULT_METHOD, native  # noqa: E402
 from sb3_gmm.entropy.quadrature import _qmc_rule  # noqa: E402
 
 BATCH_SIZE = 64
@@ -46,11 +50,14 @@ def evaluated_points(n_components: int, dim: int, n_points: int) -> int:
     return int(points.shape[-2])
 
 
-def entropy_call(n_components: int, dim: int, bind_only: bool = False, **options: Any) -> Callable[[], None]:
+def entropy_call(
+    n_components: int, dim: int, bind_only: bool = False, compiled: bool = True, **options: Any
+) -> Callable[[], None]:
     """One forward + backward of the entropy as PPO meets it: :class:`GMMDistribution` binds a head output (log
     softmax, log-std clamp, finiteness check) and ``entropy()`` estimates it, on a fixed random batch of B = 64.
 
     :param bind_only: time the binding alone (its backward too), to subtract it
+    :param compiled: False: the torch path (``native.disabled()``) even where the compiled kernel is available
     :param options: ``entropy_method`` and ``entropy_kwargs`` of the distribution
     """
     generator = th.Generator().manual_seed(0)
@@ -62,8 +69,11 @@ def entropy_call(n_components: int, dim: int, bind_only: bool = False, **options
         distribution.proba_distribution(head_output, log_std)
         if bind_only:
             (distribution._log_weights.sum() + distribution._log_stds.sum()).backward()
-        else:
+        elif compiled:
             distribution.entropy().sum().backward()
+        else:
+            with native.disabled():
+                distribution.entropy().sum().backward()
 
     return call
 
@@ -117,11 +127,13 @@ def measure(rounds: int, per_round: int) -> Dict[str, Any]:
         calls[f"{cell}-fixed"] = entropy_call(
             n_components, dim, entropy_method="qmc", entropy_kwargs=dict(n_points=SMALLEST_POINT_SET)
         )
+        calls[f"{cell}-torch"] = entropy_call(n_components, dim, compiled=False)
         calls[f"{cell}-component_average"] = entropy_call(n_components, dim, entropy_method="component_average")
         points[cell] = evaluated_points(n_components, dim, 64)
         points[f"{cell}-fixed"] = evaluated_points(n_components, dim, SMALLEST_POINT_SET)
     samples = time_calls(calls, rounds, per_round)
-    return dict(samples=samples, points=points, rounds=rounds, per_round=per_round)
+    compiled = native.kernel(th.float32) is not None
+    return dict(samples=samples, points=points, rounds=rounds, per_round=per_round, compiled=compiled)
 
 
 def render(payload: Dict[str, Any]) -> str:
@@ -142,6 +154,7 @@ def render(payload: Dict[str, Any]) -> str:
                 f"{total:.0f}",
                 f"{fixed:.0f} ({fixed / total:.0%})",
                 f"{per_point:.1f}",
+                f"{medians[f'{cell}-torch'] - bind:.0f}",
                 f"{medians[f'{cell}-component_average'] - bind:.0f}",
                 f"{bind:.0f}",
                 f"{total / step:.2f}",
@@ -155,6 +168,7 @@ def render(payload: Dict[str, Any]) -> str:
             f"default ({DEFAULT_METHOD}) us",
             "fixed part us (share)",
             "us per point",
+            "torch path us",
             "component_average us",
             "binding us",
             "default / MlpPolicy step",
@@ -169,7 +183,12 @@ def render(payload: Dict[str, Any]) -> str:
             f"{payload['rounds']} alternating rounds of {payload['per_round']} calls), after the binding of the "
             "head output that PPO's evaluate_actions does anyway (timed on its own in the binding column and "
             f"subtracted). Fixed part: the same with `entropy_kwargs=dict(n_points={SMALLEST_POINT_SET})`. For "
-            f"scale, one PPO minibatch step of SB3's MlpPolicy (Pendulum-v1 shapes): **{step:.0f} us**.",
+            f"scale, one PPO minibatch step of SB3's MlpPolicy (Pendulum-v1 shapes): **{step:.0f} us**. "
+            + (
+                "The default ran on the compiled kernel; `torch path`: the same call without it."
+                if payload.get("compiled", False)
+                else "The compiled kernel could not be built on this machine: every column is the torch path."
+            ),
             "",
             table,
         ]

@@ -205,3 +205,17 @@ def test_required_kernel_raises_and_bad_settings_are_named(monkeypatch, fresh_na
     native.reset()
     monkeypatch.setenv(native.ENV_SWITCH, "0")
     assert native.kernel(th.float32) is None and native.build_error(th.float32) is None  # not even tried
+
+
+@needs_kernel
+def test_disabled_block_uses_the_torch_path_in_this_thread_only(fresh_native, kernel_calls):
+    logits, means, log_stds = _mixture((6,), 3, 2, th.float64)
+    stds = log_stds.exp().expand_as(means)
+    with native.disabled():
+        with native.disabled():
+            inside = gmm_entropy(logits, means, stds)
+        assert native.kernel(th.float64) is None  # still inside the outer block
+    assert kernel_calls == []
+    outside = gmm_entropy(logits, means, stds)
+    assert kernel_calls == [6]
+    th.testing.assert_close(inside, outside, rtol=1e-12, atol=1e-12)

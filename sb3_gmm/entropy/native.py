@@ -19,6 +19,7 @@ The kernel serves CPU tensors of float32 / float64 with points shared by every c
 sigma points, Gauss-Hermite); Monte Carlo's per-element points and other devices keep the torch path.
 """
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -30,7 +31,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch as th
 
@@ -51,6 +52,19 @@ _lock = threading.Lock()
 _kernels: Dict[th.dtype, Optional[ctypes._CFuncPtr]] = {}  # type: ignore[name-defined]
 _errors: Dict[th.dtype, str] = {}
 _warned = False
+_disabled = threading.local()
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Use the torch path in this thread for the duration of a ``with`` block (to compare, or to rule the kernel
+    out when debugging); ``SB3_GMM_NATIVE=0`` does the same for the whole process."""
+    previous = getattr(_disabled, "depth", 0)
+    _disabled.depth = previous + 1
+    try:
+        yield
+    finally:
+        _disabled.depth = previous
 
 
 def mode() -> str:
@@ -79,6 +93,8 @@ def kernel(dtype: th.dtype) -> Optional["ctypes._CFuncPtr"]:  # type: ignore[nam
 
     :param dtype: ``th.float32`` or ``th.float64`` (None for any other)
     """
+    if getattr(_disabled, "depth", 0):
+        return None
     found = _kernels.get(dtype)
     if found is not None:
         return found

@@ -21,8 +21,11 @@ integrands give the same exact value and different quadrature errors:
 Both vanish for far-apart components and are constant for coincident ones, so every point set is exact in both limits
 and for K = 1. Because ``log w_j + Delta_ij`` is a quadratic form in ``eps``, evaluating it at ``n`` shared points is
 one matrix product ``[..., K, K, 2D + 1] @ [2D + 1, n]``: the cost of a few log_probs, not ``n`` of them. The first
-derivative is written by hand (:class:`_FusedQuadratureEntropy`); second derivatives are autograd's. Above a memory
-budget (:data:`CHUNK_BYTES`) the batch is evaluated in chunks, so memory stays bounded at any batch size.
+derivative is written by hand (:class:`_FusedQuadratureEntropy`); second derivatives are autograd's. On the CPU, a
+batch under the memory budget (:data:`CHUNK_BYTES`: every RL minibatch) goes to a compiled C kernel that does the
+forward and the first derivative in one call (:mod:`sb3_gmm.entropy.native`, built on first use; without a compiler
+the torch path below serves); above the budget the batch is evaluated in torch chunks, so memory stays bounded at
+any batch size.
 """
 
 import math
@@ -62,8 +65,9 @@ INTEGRANDS = ("responsibility_entropy", "log_responsibility")
 FUSED_OPTION = Option(
     True,
     one_of(True, False),
-    "True: hand-written first derivative (fast); False: autograd through every op (slower; the reference the "
-    "hand-written one is tested against). Second derivatives are autograd's either way",
+    "True: hand-written first derivative (fast; on the CPU the compiled kernel of sb3_gmm.entropy.native where a C "
+    "compiler is available); False: autograd through every op (slower; the reference the hand-written one is tested "
+    "against). Second derivatives are autograd's either way",
 )
 INTEGRAND_HELP = (
     "what the points average: the entropy of the responsibilities (bounded, the default) or the log responsibility "
