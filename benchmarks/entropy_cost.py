@@ -9,7 +9,7 @@ script splits the default estimator's forward + backward at B = 64 into
 - the **per-point part**: the rest, divided by the number of points the default evaluates per component (36 nodes
   in 1-D, 64 Sobol points above), i.e. the arithmetic over the ``[B, K, K, n]`` exponents.
 
-The default runs on the compiled kernel (``sb3_gmm.entropy.native``) where it builds; the same call on the torch path
+The default runs on the compiled kernel (``sb3_gmm.native``) where it builds; the same call on the torch path
 (``native.disabled()``, what a machine without a C compiler gets) is timed beside it.
 
 ``component_average`` (a few ops, no points) and one PPO minibatch step of SB3's MlpPolicy (evaluate_actions,
@@ -35,8 +35,9 @@ import numpy as np  # noqa: E402
 import torch as th  # noqa: E402
 
 from benchmarks import _report  # noqa: E402
+from sb3_gmm import native  # noqa: E402
 from sb3_gmm.distributions import GMMDistribution  # noqa: E402
-from sb3_gmm.entropy import DEFAULT_METHOD, native  # noqa: E402
+from sb3_gmm.entropy import DEFAULT_METHOD  # noqa: E402
 from sb3_gmm.entropy.quadrature import _qmc_rule  # noqa: E402
 
 BATCH_SIZE = 64
@@ -132,7 +133,7 @@ def measure(rounds: int, per_round: int) -> Dict[str, Any]:
         points[cell] = evaluated_points(n_components, dim, 64)
         points[f"{cell}-fixed"] = evaluated_points(n_components, dim, SMALLEST_POINT_SET)
     samples = time_calls(calls, rounds, per_round)
-    compiled = native.kernel(th.float32) is not None
+    compiled = native.library(th.float32) is not None
     return dict(samples=samples, points=points, rounds=rounds, per_round=per_round, compiled=compiled)
 
 

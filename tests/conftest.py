@@ -24,9 +24,9 @@ def _fixed_global_seed() -> None:
 
 @pytest.fixture
 def torch_path() -> Iterator[None]:
-    """The quadrature estimators without the compiled kernel (sb3_gmm.entropy.native): its torch path, whatever
+    """The quadrature estimators without the compiled kernel (sb3_gmm.native): its torch path, whatever
     the machine's compiler."""
-    from sb3_gmm.entropy import native
+    from sb3_gmm import native
 
     with native.disabled():
         yield

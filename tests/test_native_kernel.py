@@ -1,4 +1,5 @@
-"""The compiled quadrature kernel (sb3_gmm.entropy.native) against the torch path it replaces.
+"""The compiled kernels (sb3_gmm.native) against the torch paths they replace: the quadrature entropy and the
+mixture log density.
 
 Where a C compiler is present the kernel must build; everything it computes must equal the torch path up to
 rounding, gradients included; NaN in gives NaN out; loading it must not change how the process rounds subnormal
@@ -14,9 +15,11 @@ from typing import Dict, List
 import pytest
 import torch as th
 
-from sb3_gmm.entropy import gmm_entropy, native, quadrature, validation
+from sb3_gmm import native
+from sb3_gmm.entropy import gmm_entropy, quadrature, validation
 from sb3_gmm.entropy._common import mixture_params
 from sb3_gmm.entropy.quadrature import _qmc_rule, point_features
+from sb3_gmm.mixture import mixture_log_prob
 
 HAS_COMPILER = shutil.which(os.environ.get("CC", "cc")) is not None
 needs_kernel = pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: the estimators use the torch path")
@@ -84,7 +87,7 @@ CASES = [
 def test_kernel_builds_where_a_compiler_is_present(monkeypatch, fresh_native, tmp_path):
     monkeypatch.setenv(native.ENV_CACHE_DIR, str(tmp_path))
     for dtype in (th.float32, th.float64):
-        assert native.kernel(dtype) is not None, native.build_error(dtype)
+        assert native.library(dtype) is not None, native.build_error(dtype)
     assert sorted(path.suffix for path in tmp_path.iterdir()) == [".so", ".so"]  # nothing half-written left
 
 
@@ -97,7 +100,7 @@ def test_kernel_equals_the_torch_path(
 ):
     got = _value_and_grads(method, options, batch_shape, n_components, dim, dtype)
     assert kernel_calls == [th.Size(batch_shape).numel()]
-    monkeypatch.setattr(native, "kernel", lambda dtype: None)
+    monkeypatch.setattr(native, "library", lambda dtype: None)
     expected = _value_and_grads(method, options, batch_shape, n_components, dim, dtype)
     assert kernel_calls == [th.Size(batch_shape).numel()]  # the second run was torch's
     tolerance = dict(rtol=1e-10, atol=1e-12) if dtype == th.float64 else dict(rtol=2e-5, atol=2e-5)
@@ -141,26 +144,26 @@ def test_nan_in_gives_nan_out_with_validation_off(fresh_native, kernel_calls, di
 def test_loading_the_kernel_keeps_subnormal_numbers(fresh_native):
     """A library linked with -ffast-math would switch the whole process to flush subnormals to zero."""
     for dtype in (th.float32, th.float64):
-        assert native.kernel(dtype) is not None
+        assert native.library(dtype) is not None
         tiny = th.finfo(dtype).tiny
         assert (th.tensor(tiny, dtype=dtype) / 4).item() > 0
 
 
 @needs_kernel
 def test_a_cached_kernel_is_loaded_without_compiling(monkeypatch, fresh_native):
-    assert native.kernel(th.float32) is not None
+    assert native.library(th.float32) is not None
     native.reset()
 
     def refuse(*args):
         raise AssertionError("compiled again although the cache holds the library")
 
     monkeypatch.setattr(native, "_compile", refuse)
-    assert native.kernel(th.float32) is not None
+    assert native.library(th.float32) is not None
 
 
 def test_minibatches_take_the_kernel_and_other_layouts_keep_torch(monkeypatch):
     sentinel = object()
-    monkeypatch.setattr(native, "kernel", lambda dtype: sentinel)
+    monkeypatch.setattr(native, "library", lambda dtype: sentinel)
     means = th.zeros(64, 4, 1)
     params = mixture_params(th.zeros(64, 4), means, th.ones_like(means))
     points, _, features = _qmc_rule(4, 1, 64, 0, th.float32, th.device("cpu"))
@@ -175,10 +178,10 @@ def test_minibatches_take_the_kernel_and_other_layouts_keep_torch(monkeypatch):
 def test_without_a_compiler_the_estimate_falls_back_with_one_warning(monkeypatch, fresh_native, kernel_calls):
     logits, means, log_stds = _mixture((5,), 3, 2, th.float64)
     stds = log_stds.exp().expand_as(means)
-    original_kernel = native.kernel
-    monkeypatch.setattr(native, "kernel", lambda dtype: None)
+    original_kernel = native.library
+    monkeypatch.setattr(native, "library", lambda dtype: None)
     expected = gmm_entropy(logits, means, stds)
-    monkeypatch.setattr(native, "kernel", original_kernel)
+    monkeypatch.setattr(native, "library", original_kernel)
     monkeypatch.setenv(native.ENV_CACHE_DIR, str(fresh_native / "empty"))
     monkeypatch.setenv("CC", "/nonexistent/cc")
     with pytest.warns(RuntimeWarning, match="SB3_GMM_NATIVE=0"):
@@ -204,7 +207,7 @@ def test_required_kernel_raises_and_bad_settings_are_named(monkeypatch, fresh_na
         gmm_entropy(logits, means, stds)
     native.reset()
     monkeypatch.setenv(native.ENV_SWITCH, "0")
-    assert native.kernel(th.float32) is None and native.build_error(th.float32) is None  # not even tried
+    assert native.library(th.float32) is None and native.build_error(th.float32) is None  # not even tried
 
 
 @needs_kernel
@@ -214,8 +217,87 @@ def test_disabled_block_uses_the_torch_path_in_this_thread_only(fresh_native, ke
     with native.disabled():
         with native.disabled():
             inside = gmm_entropy(logits, means, stds)
-        assert native.kernel(th.float64) is None  # still inside the outer block
+        assert native.library(th.float64) is None  # still inside the outer block
     assert kernel_calls == []
     outside = gmm_entropy(logits, means, stds)
     assert kernel_calls == [6]
     th.testing.assert_close(inside, outside, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The mixture log density (sb3_gmm.mixture.mixture_log_prob).
+
+
+@pytest.fixture
+def log_prob_calls(monkeypatch) -> List[int]:
+    calls: List[int] = []
+    original = native.mixture_log_prob
+
+    def spy(kernels, x, *args):
+        calls.append(x.shape[0])
+        return original(kernels, x, *args)
+
+    monkeypatch.setattr(native, "mixture_log_prob", spy)
+    return calls
+
+
+def _log_prob_and_grads(batch_shape, n_components: int, dim: int, dtype: th.dtype, shared_std: bool):
+    logits, means, log_stds = _mixture(batch_shape, n_components, dim, dtype, seed=5)
+    generator = th.Generator().manual_seed(9)
+    if not shared_std:
+        noise = th.randn(*batch_shape, n_components, dim, generator=generator, dtype=dtype)
+        log_stds = (log_stds.detach() + 0.3 * noise).requires_grad_()
+    x = means.detach()[..., 0, :] + th.randn(*batch_shape, dim, generator=generator, dtype=dtype)
+    x.requires_grad_()
+    log_weights = th.log_softmax(logits, -1)
+    value = mixture_log_prob(x, log_weights, means, log_stds.exp(), log_stds=log_stds)
+    weights = th.linspace(0.5, 2.0, value.numel(), dtype=dtype).view_as(value)
+    grads = th.autograd.grad((weights * value).sum(), (x, logits, means, log_stds))
+    return (value.detach(), *grads)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [th.float64, th.float32])
+@pytest.mark.parametrize("batch_shape", [(7,), (3, 5)])
+@pytest.mark.parametrize("n_components,dim,shared_std", [(4, 1, True), (3, 6, False), (8, 2, True)])
+def test_log_prob_kernel_equals_the_torch_formula(
+    monkeypatch, fresh_native, log_prob_calls, dtype, batch_shape, n_components, dim, shared_std
+):
+    got = _log_prob_and_grads(batch_shape, n_components, dim, dtype, shared_std)
+    assert log_prob_calls == [th.Size(batch_shape).numel()]
+    monkeypatch.setattr(native, "library", lambda dtype: None)
+    expected = _log_prob_and_grads(batch_shape, n_components, dim, dtype, shared_std)
+    assert log_prob_calls == [th.Size(batch_shape).numel()]
+    # float32: the x gradient sums r_k z_k / s_k over components, which cancel; rounding differs at ~1e-4 there.
+    tolerance = dict(rtol=1e-10, atol=1e-12) if dtype == th.float64 else dict(rtol=1e-4, atol=1e-4)
+    for value, reference in zip(got, expected):
+        assert value.shape == reference.shape
+        th.testing.assert_close(value, reference, **tolerance)
+
+
+@needs_kernel
+def test_log_prob_kernel_gradcheck_and_second_derivatives(fresh_native, log_prob_calls):
+    logits, means, log_stds = _mixture((4,), 3, 2, th.float64, seed=6)
+    x = (means.detach()[:, 1] + 0.5).requires_grad_()
+
+    def log_prob(x, logits, means, log_stds):
+        return mixture_log_prob(x, th.log_softmax(logits, -1), means, log_stds.exp(), log_stds=log_stds)
+
+    assert th.autograd.gradcheck(log_prob, (x, logits, means, log_stds))
+    assert log_prob_calls
+    assert th.autograd.gradgradcheck(log_prob, (x, logits, means, log_stds))
+
+
+@needs_kernel
+def test_log_prob_kernel_nan_in_nan_out_and_layouts_it_does_not_take(fresh_native, log_prob_calls):
+    logits, means, log_stds = _mixture((5,), 3, 2, th.float32)
+    log_weights, stds = th.log_softmax(logits, -1).detach(), log_stds.exp().detach()
+    x = th.randn(5, 2)
+    x[2, 1] = float("nan")
+    value = mixture_log_prob(x, log_weights, means.detach(), stds)
+    assert log_prob_calls == [5]
+    assert th.isnan(value[2]) and th.isfinite(value[[0, 1, 3, 4]]).all()
+    # Several points per parameter set (x [S, B, D] against [B, K, D]) is the torch formula's broadcasting.
+    many = th.randn(4, 5, 2)
+    value = mixture_log_prob(many, log_weights, means.detach(), stds)
+    assert value.shape == (4, 5) and log_prob_calls == [5]

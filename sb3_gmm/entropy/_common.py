@@ -10,7 +10,12 @@ from typing import NamedTuple
 
 import torch as th
 
-from sb3_gmm.mixture import LOG_2PI, diag_gaussian_kl, mixture_log_prob  # noqa: F401  (re-exported)
+from sb3_gmm.mixture import (  # noqa: F401  (re-exported)
+    LOG_2PI,
+    diag_gaussian_kl,
+    max_scaled_distance,
+    mixture_log_prob,
+)
 
 LOG_2PI_E = math.log(2.0 * math.pi * math.e)
 # The estimator used when none is named. Kept here, below every estimator module, so that their error messages can
@@ -33,17 +38,6 @@ def smallest_std(dtype: th.dtype) -> float:
     compute in (1.2e-38 for float32 and half inputs). Below it ``1 / std`` and ``exp(-log std)`` overflow to inf,
     which the estimators' zero weights would turn into ``0 * inf = NaN``."""
     return th.finfo(compute_dtype(dtype)).tiny
-
-
-@lru_cache(maxsize=16)
-def max_scaled_distance(dtype: th.dtype, power: int = 2) -> float:
-    """A cap on distances in std units, ``|mu_i - mu_j| / s``, whose ``power``-th powers stay finite in ``dtype``.
-
-    Beyond the cap (1.4e9 stds in float32 for squares, 6.6e4 for fourth powers) a Gaussian kernel ``exp(-z^2 / 2)``
-    is exactly 0 in every float format, so capping changes no value. It keeps ``z^power`` finite where tiny stds would
-    overflow it to inf, which the zero weight of the pair would then turn into ``0 * inf = NaN``.
-    """
-    return th.finfo(dtype).max ** (1.0 / (2.0 * power))
 
 
 class MixtureParams(NamedTuple):

@@ -23,7 +23,7 @@ and for K = 1. Because ``log w_j + Delta_ij`` is a quadratic form in ``eps``, ev
 one matrix product ``[..., K, K, 2D + 1] @ [2D + 1, n]``: the cost of a few log_probs, not ``n`` of them. The first
 derivative is written by hand (:class:`_FusedQuadratureEntropy`); second derivatives are autograd's. On the CPU, a
 batch under the memory budget (:data:`CHUNK_BYTES`: every RL minibatch) goes to a compiled C kernel that does the
-forward and the first derivative in one call (:mod:`sb3_gmm.entropy.native`, built on first use; without a compiler
+forward and the first derivative in one call (:mod:`sb3_gmm.native`, built on first use; without a compiler
 the torch path below serves); above the budget the batch is evaluated in torch chunks, so memory stays bounded at
 any batch size.
 """
@@ -34,7 +34,7 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch as th
 
-from sb3_gmm.entropy import native
+from sb3_gmm import native
 from sb3_gmm.entropy._common import (
     MixtureParams,
     gaussian_entropies,
@@ -65,7 +65,7 @@ INTEGRANDS = ("responsibility_entropy", "log_responsibility")
 FUSED_OPTION = Option(
     True,
     one_of(True, False),
-    "True: hand-written first derivative (fast; on the CPU the compiled kernel of sb3_gmm.entropy.native where a C "
+    "True: hand-written first derivative (fast; on the CPU the compiled kernel of sb3_gmm.native where a C "
     "compiler is available); False: autograd through every op (slower; the reference the hand-written one is tested "
     "against). Second derivatives are autograd's either way",
 )
@@ -306,7 +306,7 @@ class _Plan(NamedTuple):
     :param rows: batch elements per chunk (all of them for the compiled kernel)
     :param batch_shape: the inputs' broadcast batch shape
     :param with_gradient: compute the gradient in the forward (autograd will want it)
-    :param kernel: the compiled kernel (:mod:`sb3_gmm.entropy.native`), or None for torch chunks
+    :param kernel: the compiled kernel (:mod:`sb3_gmm.native`), or None for torch chunks
     """
 
     rows: int
@@ -349,7 +349,7 @@ def _kernel_for(means: th.Tensor, points: th.Tensor) -> Any:
     # Points shared ([n, D]) or per component ([K, n, D]); Monte Carlo's per-element points stay on torch.
     if not means.is_cpu or points.dim() > 3 or points.dtype != means.dtype:
         return None
-    return native.kernel(means.dtype)
+    return native.library(means.dtype)
 
 
 def _batch_shape(params: MixtureParams, features: th.Tensor) -> th.Size:
@@ -370,6 +370,8 @@ def _flatten_batch(tensor: th.Tensor, batch_shape: th.Size, event_dims: int) -> 
     """``tensor`` broadcast to ``batch_shape`` and flattened to ``[N, *event]`` (a view where the strides allow,
     e.g. stds expanded from ``[K, D]``; a copy of the small input otherwise)."""
     event_shape = tensor.shape[tensor.dim() - event_dims :]
+    if len(batch_shape) == 1 and tensor.shape[:-event_dims] == batch_shape:
+        return tensor  # already [N, *event] (the PPO minibatch case): no view ops to pay
     return tensor.expand(*batch_shape, *event_shape).reshape(-1, *event_shape)
 
 
@@ -470,16 +472,17 @@ class _FusedQuadratureEntropy(th.autograd.Function):
         if th.is_grad_enabled():
             # create_graph=True: the gradient must itself be differentiable (in the inputs and in grad_output).
             return _differentiable_backward(ctx, grad_output)
-        # PPO / A2C with ent_coef = 0 still back-propagate through the entropy, with an all-zero gradient. On the CPU
-        # a check is cheap (no device sync) and skips all the work below; the inputs then get zero gradients.
-        if grad_output.device.type == "cpu" and not bool(grad_output.any()):
-            return (None,) * 9
         if ctx.precomputed:
             # The gradient for an incoming gradient of one (of the kernel or the chunks), scaled per batch element
             # in one multiplication.
             scaled = grad_output.unsqueeze(-1) * ctx.saved_tensors[0]
             grad_log_weights, grad_means, grad_stds, grad_log_stds = native.split_gradient(scaled, *ctx.dims)
             return grad_log_weights, grad_means, grad_stds, grad_log_stds.expand_as(grad_stds), *(None,) * 5
+        # PPO / A2C with ent_coef = 0 still back-propagate through the entropy, with an all-zero gradient. On the CPU
+        # a check is cheap (no device sync) and skips the backward's passes over [..., K, K, n]; the inputs then get
+        # zero gradients. (The precomputed gradient above costs one multiplication, less than the check.)
+        if grad_output.device.type == "cpu" and not bool(grad_output.any()):
+            return (None,) * 9
         grad_log_weights, grad_means, grad_stds, grad_log_stds = _fused_backward(
             ctx.saved_tensors[:11], grad_output, ctx.responsibility_entropy
         )

@@ -280,3 +280,83 @@ int sb3_gmm_quadrature_entropy(int64_t n_batch, int64_t n_components, int64_t di
     free(work);
     return 0;
 }
+
+/* log p(x) of a diagonal Gaussian mixture (sb3_gmm.mixture.mixture_log_prob) and its first derivative, in one call.
+ *
+ * Inputs: x [B, D], log_weights [B, K], means / stds / log_stds [B, K, D], each C-contiguous per batch element,
+ * element b starting batch_strides[input] * b elements after the first (0: shared by the whole batch). stds and
+ * log_stds are separate inputs, as in the torch formula (log_stds only through the normaliser).
+ * Outputs: value [B]; when grad_x is not NULL, the gradient of value[b] w.r.t. the inputs of element b: [D] x, [K]
+ * log weights, [K, D] means, stds and log stds, each starting grad_batch_stride * b elements after its pointer.
+ * Distances in std units are capped at distance_cap (there every density is 0 in any float format anyway).
+ * Returns 0, or 1 when memory for the workspace could not be allocated.
+ */
+int sb3_gmm_mixture_log_prob(int64_t n_batch, int64_t n_components, int64_t dim, const REAL *x,
+                             const REAL *log_weights, const REAL *means, const REAL *stds, const REAL *log_stds,
+                             const int64_t *batch_strides, REAL distance_cap, REAL *value, REAL *grad_x,
+                             REAL *grad_log_weights, REAL *grad_means, REAL *grad_stds, REAL *grad_log_stds,
+                             int64_t grad_batch_stride) {
+    const int64_t K = n_components, D = dim;
+    const int with_gradient = grad_x != NULL;
+    REAL *work = (REAL *)malloc((size_t)(K + K * D) * sizeof(REAL));
+    if (work == NULL) return 1;
+    REAL *restrict joint = work;     /* [K]: log w_k + log N_k(x), then responsibilities */
+    REAL *restrict scaled = work + K; /* [K, D]: (x - mu) / s */
+    const REAL half_log_2pi = (REAL)0.91893853320467274;
+    for (int64_t b = 0; b < n_batch; ++b) {
+        const REAL *xb = x + b * batch_strides[0], *lw = log_weights + b * batch_strides[1];
+        const REAL *mu = means + b * batch_strides[2], *s = stds + b * batch_strides[3];
+        const REAL *ls = log_stds + b * batch_strides[4];
+        int ok = 1;
+        for (int64_t d = 0; d < D; ++d) ok &= usable(xb[d], 0);
+        for (int64_t k = 0; k < K; ++k) ok &= usable(lw[k], 0);
+        for (int64_t f = 0; f < K * D; ++f) ok &= usable(mu[f], 0) & usable(s[f], 1) & usable(ls[f], 0);
+        if (!ok) {
+            value[b] = not_a_number();
+            if (with_gradient) {
+                for (int64_t d = 0; d < D; ++d) grad_x[b * grad_batch_stride + d] = not_a_number();
+                for (int64_t k = 0; k < K; ++k) grad_log_weights[b * grad_batch_stride + k] = not_a_number();
+                for (int64_t f = 0; f < K * D; ++f)
+                    grad_means[b * grad_batch_stride + f] = grad_stds[b * grad_batch_stride + f] =
+                        grad_log_stds[b * grad_batch_stride + f] = not_a_number();
+            }
+            continue;
+        }
+        REAL shift = 0;
+        for (int64_t k = 0; k < K; ++k) {
+            REAL total = lw[k];
+            for (int64_t d = 0; d < D; ++d) {
+                REAL z = (xb[d] - mu[k * D + d]) / s[k * D + d];
+                z = z > distance_cap ? distance_cap : (z < -distance_cap ? -distance_cap : z);
+                scaled[k * D + d] = z;
+                total -= ls[k * D + d] + half_log_2pi + (REAL)0.5 * z * z;
+            }
+            joint[k] = total;
+            shift = (k == 0 || total > shift) ? total : shift;
+        }
+        REAL normaliser = 0;
+        for (int64_t k = 0; k < K; ++k) {
+            joint[k] = exp(joint[k] - shift);
+            normaliser += joint[k];
+        }
+        value[b] = shift + log(normaliser);
+        if (!with_gradient) continue;
+        REAL *g_x = grad_x + b * grad_batch_stride, *g_lw = grad_log_weights + b * grad_batch_stride;
+        REAL *g_mu = grad_means + b * grad_batch_stride, *g_s = grad_stds + b * grad_batch_stride;
+        REAL *g_ls = grad_log_stds + b * grad_batch_stride;
+        for (int64_t d = 0; d < D; ++d) g_x[d] = 0;
+        for (int64_t k = 0; k < K; ++k) {
+            const REAL r = joint[k] / normaliser; /* the responsibility of component k at x */
+            g_lw[k] = r;
+            for (int64_t d = 0; d < D; ++d) {
+                const REAL z = scaled[k * D + d], inv_std = 1 / s[k * D + d];
+                g_mu[k * D + d] = r * z * inv_std;
+                g_s[k * D + d] = r * z * z * inv_std;
+                g_ls[k * D + d] = -r;
+                g_x[d] -= r * z * inv_std;
+            }
+        }
+    }
+    free(work);
+    return 0;
+}

@@ -1,22 +1,26 @@
-"""The quadrature estimate's compiled kernel: built with the system's C compiler on first use, cached, optional.
+"""Compiled kernels for the two hot paths: built with the system's C compiler on first use, cached, optional.
 
-At RL minibatch sizes the fused torch path of :mod:`sb3_gmm.entropy.quadrature` is ~90 eager ops forward and
-backward, and eager PyTorch pays several microseconds per op on a CPU: most of the estimate's time is that
-bookkeeping, not arithmetic (docs/performance.md). ``_quadrature_kernel.c`` does the same forward and first
-derivative in one call, 4-5x faster at K <= 4 on the CPU.
+At RL minibatch sizes eager PyTorch pays several microseconds per op on a CPU, so the cost of the mixture's math is
+mostly bookkeeping, not arithmetic (docs/performance.md). ``_kernels.c`` holds two functions that each do a forward
+and its first derivative in one call:
+
+- the quadrature entropy estimate of :mod:`sb3_gmm.entropy.quadrature` (qmc, sigma points), whose fused torch path
+  is ~90 ops (about 2x faster at K <= 4, more at K = 8);
+- the mixture log density of :func:`sb3_gmm.mixture.mixture_log_prob` (~20 ops forward and backward in torch).
 
 It is plain C (no Python or torch headers), so building it takes about a second. The first process that needs it
 compiles it into a cache directory; later ones load the cached library. Without a working compiler (or on
-Windows, where no ``cc`` is usual) the estimators keep the torch path: results are the same up to rounding (tested),
-only slower. Settings, read once per process:
+Windows, where no ``cc`` is usual) the library keeps its torch paths: results are the same up to rounding (tested),
+only slower. Settings, read when a kernel is first needed:
 
-- ``SB3_GMM_NATIVE``: ``auto`` (the default: use the kernel when it builds, warn once when it does not), ``0`` (never
-  build it; the torch path), ``1`` (require it: an estimate raises if it cannot be built, e.g. to check a deployment).
+- ``SB3_GMM_NATIVE``: ``auto`` (the default: use the kernels when they build, warn once when they do not), ``0``
+  (never build them; the torch paths), ``1`` (require them: the first use raises if they cannot be built, e.g. to
+  check a deployment).
 - ``SB3_GMM_CACHE_DIR``: where the library is cached (default ``$XDG_CACHE_HOME/sb3_gmm`` or ``~/.cache/sb3_gmm``).
 - ``CC``: the compiler (default ``cc``).
 
-The kernel serves CPU tensors of float32 / float64 with points shared by every component or per component (qmc,
-sigma points, Gauss-Hermite); Monte Carlo's per-element points and other devices keep the torch path.
+The kernels serve CPU tensors of float32 / float64; other devices (and layouts a kernel does not take, such as Monte
+Carlo's per-element points) keep the torch paths. :func:`disabled` switches them off for one thread.
 """
 
 import contextlib
@@ -31,11 +35,11 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch as th
 
-SOURCE = Path(__file__).with_name("_quadrature_kernel.c")
+SOURCE = Path(__file__).with_name("_kernels.c")
 ENV_SWITCH = "SB3_GMM_NATIVE"
 ENV_CACHE_DIR = "SB3_GMM_CACHE_DIR"
 _MODES = ("auto", "0", "1")
@@ -48,8 +52,16 @@ _REALS: Dict[th.dtype, Tuple[str, type]] = {
     th.float64: ("double", ctypes.c_double),
 }
 
+
+class Kernels(NamedTuple):
+    """The loaded library's functions for one dtype (ctypes functions with their argument types set)."""
+
+    quadrature_entropy: Any
+    mixture_log_prob: Any
+
+
 _lock = threading.Lock()
-_kernels: Dict[th.dtype, Optional[ctypes._CFuncPtr]] = {}  # type: ignore[name-defined]
+_kernels: Dict[th.dtype, Optional[Kernels]] = {}
 _errors: Dict[th.dtype, str] = {}
 _warned = False
 _disabled = threading.local()
@@ -88,8 +100,8 @@ def cache_dir() -> Path:
     return Path(base) / "sb3_gmm"
 
 
-def kernel(dtype: th.dtype) -> Optional["ctypes._CFuncPtr"]:  # type: ignore[name-defined]
-    """The compiled kernel for ``dtype``, building it on first use; None where it is off or cannot be built.
+def library(dtype: th.dtype) -> Optional[Kernels]:
+    """The compiled kernels for ``dtype``, building them on first use; None where they are off or cannot be built.
 
     :param dtype: ``th.float32`` or ``th.float64`` (None for any other)
     """
@@ -126,7 +138,7 @@ def reset() -> None:
 
 
 def quadrature_entropy(
-    function: "ctypes._CFuncPtr",  # type: ignore[name-defined]
+    kernels: Kernels,
     log_weights: th.Tensor,
     means: th.Tensor,
     stds: th.Tensor,
@@ -139,7 +151,7 @@ def quadrature_entropy(
 ) -> Tuple[th.Tensor, Optional[th.Tensor]]:
     """The estimate ``[N]`` and, with ``with_gradient``, its gradient for an incoming gradient of one.
 
-    :param function: :func:`kernel` of the inputs' dtype
+    :param kernels: :func:`library` of the inputs' dtype
     :param log_weights: ``[N, K]``; ``means``, ``stds``, ``log_stds``: ``[N, K, D]``. Views whose batch stride is 0
         (one std for the whole batch, expanded) are read in place; other layouts are copied
     :param points: ``[n, D]`` shared or ``[K, n, D]`` per component
@@ -163,7 +175,7 @@ def quadrature_entropy(
         offsets = (0, n_components, n_components * (1 + dim), n_components * (1 + 2 * dim))
         pointers = [buffer.data_ptr() + offset * element for offset in offsets]
     n_points = point_weights.shape[0]
-    status = function(
+    status = kernels.quadrature_entropy(
         n_batch, n_components, dim, n_points,
         *(tensor.data_ptr() for tensor in inputs), strides,
         points.data_ptr(), n_points * dim if points.dim() == 3 else 0, point_weights.data_ptr(),
@@ -188,12 +200,63 @@ def split_gradient(buffer: th.Tensor, n_components: int, dim: int) -> Tuple[th.T
     )
 
 
+def mixture_log_prob(
+    kernels: Kernels,
+    x: th.Tensor,
+    log_weights: th.Tensor,
+    means: th.Tensor,
+    stds: th.Tensor,
+    log_stds: th.Tensor,
+    distance_cap: float,
+    with_gradient: bool,
+) -> Tuple[th.Tensor, Optional[th.Tensor]]:
+    """``log p(x)`` ``[N]`` and, with ``with_gradient``, its gradient for an incoming gradient of one.
+
+    :param kernels: :func:`library` of the inputs' dtype
+    :param x: ``[N, D]``; ``log_weights``: ``[N, K]``; ``means``, ``stds``, ``log_stds``: ``[N, K, D]`` (views with
+        batch stride 0, e.g. stds shared by the batch, are read in place)
+    :param distance_cap: :func:`sb3_gmm.entropy._common.max_scaled_distance` of the dtype
+    :param with_gradient: also return the gradient as one buffer ``[N, D + K + 3 K D]`` that
+        :func:`split_log_prob_gradient` cuts into the gradients w.r.t. x, log weights, means, stds and log stds
+    """
+    n_batch, n_components, dim = means.shape
+    inputs = [_batch_major(tensor) for tensor in (x, log_weights, means, stds, log_stds)]
+    strides = (ctypes.c_int64 * 5)(*(tensor.stride(0) for tensor in inputs))
+    value = means.new_empty(n_batch)
+    buffer = None
+    pointers: List[Optional[int]] = [None] * 5
+    row = dim + n_components * (1 + 3 * dim)
+    if with_gradient:
+        buffer = means.new_empty(n_batch, row)
+        element = buffer.element_size()
+        offsets = (0, dim, dim + n_components, dim + n_components * (1 + dim), dim + n_components * (1 + 2 * dim))
+        pointers = [buffer.data_ptr() + offset * element for offset in offsets]
+    status = kernels.mixture_log_prob(
+        n_batch, n_components, dim, *(tensor.data_ptr() for tensor in inputs), strides, distance_cap, value.data_ptr(),
+        *pointers, row,
+    )  # fmt: skip
+    if status != 0:
+        raise MemoryError(f"the log-density kernel could not allocate its workspace (K = {n_components}, D = {dim})")
+    return value, buffer
+
+
+def split_log_prob_gradient(buffer: th.Tensor, n_components: int, dim: int) -> Tuple[th.Tensor, ...]:
+    """Views of a :func:`mixture_log_prob` gradient buffer ``[..., D + K + 3 K D]``: x ``[..., D]``, log weights
+    ``[..., K]``, means, stds and log stds ``[..., K, D]``."""
+    sizes = [dim, n_components, n_components * dim, n_components * dim, n_components * dim]
+    x, log_weights, *component_grads = buffer.split(sizes, dim=-1)
+    return (x, log_weights, *(grad.unflatten(-1, (n_components, dim)) for grad in component_grads))
+
+
 def _batch_major(tensor: th.Tensor) -> th.Tensor:
     """``tensor`` ``[N, ...]`` with each batch element's part contiguous (a copy only where it is not)."""
-    inner = tensor[0] if tensor.shape[0] > 0 else tensor
-    if inner.is_contiguous() and tensor.stride(0) in (0, inner.numel()):
-        return tensor
-    return tensor.contiguous()
+    shape, strides = tensor.shape, tensor.stride()
+    expected = 1
+    for size, stride in zip(reversed(shape[1:]), reversed(strides[1:])):
+        if stride != expected and size != 1:
+            return tensor.contiguous()
+        expected *= size
+    return tensor if strides[0] in (0, expected) else tensor.contiguous()
 
 
 def build_error(dtype: th.dtype = th.float32) -> Optional[str]:
@@ -204,12 +267,12 @@ def build_error(dtype: th.dtype = th.float32) -> Optional[str]:
 def _report_failure(dtype: th.dtype, switch: str) -> None:
     global _warned
     message = (
-        f"the compiled entropy kernel could not be built ({_errors.get(dtype, 'unknown reason')}); the estimators use "
-        f"the slower torch path, with the same results"
+        f"the compiled kernels could not be built ({_errors.get(dtype, 'unknown reason')}); the library uses "
+        f"its slower torch paths, with the same results"
     )
     if switch == "1":
         raise RuntimeError(
-            f"{message}. {ENV_SWITCH}=1 requires the kernel: install a C compiler (or set CC), or unset {ENV_SWITCH}"
+            f"{message}. {ENV_SWITCH}=1 requires the kernels: install a C compiler (or set CC), or unset {ENV_SWITCH}"
         )
     if not _warned:
         _warned = True
@@ -259,7 +322,7 @@ def _compile(compiler: str, source: Path, target: Path, real: str) -> List[str]:
     raise RuntimeError(last_error)
 
 
-def _load(dtype: th.dtype) -> "ctypes._CFuncPtr":  # type: ignore[name-defined]
+def _load(dtype: th.dtype) -> Kernels:
     real, ctype = _REALS[dtype]
     compiler = os.environ.get("CC", "cc")
     if shutil.which(compiler) is None:
@@ -272,8 +335,8 @@ def _load(dtype: th.dtype) -> "ctypes._CFuncPtr":  # type: ignore[name-defined]
         ).encode()
     ).hexdigest()[:16]  # fmt: skip
     directory = cache_dir()
-    library = directory / f"quadrature_kernel_{real}_{key}.so"
-    if not library.exists():
+    library_path = directory / f"kernels_{real}_{key}.so"
+    if not library_path.exists():
         directory.mkdir(parents=True, exist_ok=True)
         # Build beside the target and rename into place: processes that build at once (pytest-xdist workers,
         # vectorised environments) never load a half-written file.
@@ -281,18 +344,27 @@ def _load(dtype: th.dtype) -> "ctypes._CFuncPtr":  # type: ignore[name-defined]
         os.close(handle)
         try:
             _compile(compiler, SOURCE, Path(partial), real)
-            os.replace(partial, library)
+            os.replace(partial, library_path)
         finally:
             if os.path.exists(partial):
                 os.unlink(partial)
-    function = ctypes.CDLL(str(library)).sb3_gmm_quadrature_entropy
+    loaded = ctypes.CDLL(str(library_path))
     size, pointer = ctypes.c_int64, ctypes.c_void_p
-    function.argtypes = [
+    entropy = loaded.sb3_gmm_quadrature_entropy
+    entropy.argtypes = [
         size, size, size, size,  # batch, components, dim, points
         pointer, pointer, pointer, pointer, pointer,  # log_weights, means, stds, log_stds, their batch strides
         pointer, size, pointer,  # points, their component stride, point weights
         ctypes.c_int32, ctype,  # responsibility_entropy, distance cap
         pointer, pointer, pointer, pointer, pointer, size,  # value, gradients (NULL: none), their batch stride
     ]  # fmt: skip
-    function.restype = ctypes.c_int
-    return function
+    entropy.restype = ctypes.c_int
+    log_prob = loaded.sb3_gmm_mixture_log_prob
+    log_prob.argtypes = [
+        size, size, size,  # batch, components, dim
+        pointer, pointer, pointer, pointer, pointer, pointer,  # x, log_weights, means, stds, log_stds, batch strides
+        ctype,  # distance cap
+        pointer, pointer, pointer, pointer, pointer, pointer, size,  # value, gradients (NULL: none), batch stride
+    ]  # fmt: skip
+    log_prob.restype = ctypes.c_int
+    return Kernels(entropy, log_prob)
