@@ -43,6 +43,7 @@ from sb3_gmm.entropy.quadrature import _qmc_rule  # noqa: E402
 BATCH_SIZE = 64
 CELLS: Tuple[Tuple[int, int], ...] = ((2, 1), (4, 1), (8, 1), (2, 6), (4, 6), (8, 6))
 SMALLEST_POINT_SET = 2
+STEP_COMPONENTS = (1, 4, 8)
 
 
 def evaluated_points(n_components: int, dim: int, n_points: int) -> int:
@@ -79,16 +80,29 @@ def entropy_call(
     return call
 
 
-def ppo_step_call() -> Callable[[], None]:
-    """One PPO minibatch update of SB3's MlpPolicy on Pendulum-v1 shapes (B = 64), as ``PPO.train`` does it."""
+def ppo_step_call(policy: Any = "MlpPolicy", **policy_kwargs: Any) -> Callable[[], None]:
+    """One PPO minibatch update on Pendulum-v1 shapes (B = 64), as ``PPO.train`` does it, with an entropy bonus of
+    0.01: evaluate_actions, the clipped loss, backward, gradient clipping and the Adam step.
+
+    :param policy: SB3's ``"MlpPolicy"`` or :class:`sb3_gmm.GMMActorCriticPolicy`
+    :param policy_kwargs: the policy's keyword arguments (``n_components``, ``entropy_method``)
+    """
     import gymnasium as gym
     from stable_baselines3 import PPO
 
-    policy = PPO("MlpPolicy", gym.make("Pendulum-v1"), n_steps=BATCH_SIZE, batch_size=BATCH_SIZE, device="cpu").policy
+    model = PPO(
+        policy,
+        gym.make("Pendulum-v1"),
+        n_steps=BATCH_SIZE,
+        batch_size=BATCH_SIZE,
+        device="cpu",
+        policy_kwargs=policy_kwargs or None,
+    )
+    policy = model.policy
     generator = th.Generator().manual_seed(0)
     observations = th.randn(BATCH_SIZE, 3, generator=generator)
     actions, advantages, returns, old_log_prob = (th.randn(BATCH_SIZE, generator=generator) for _ in range(4))
-    actions = actions.unsqueeze(-1)
+    actions = actions.unsqueeze(-1).clamp(-2.0, 2.0)
 
     def call() -> None:
         values, log_prob, entropy = policy.evaluate_actions(observations, actions)
@@ -132,6 +146,14 @@ def measure(rounds: int, per_round: int) -> Dict[str, Any]:
         calls[f"{cell}-component_average"] = entropy_call(n_components, dim, entropy_method="component_average")
         points[cell] = evaluated_points(n_components, dim, 64)
         points[f"{cell}-fixed"] = evaluated_points(n_components, dim, SMALLEST_POINT_SET)
+    from sb3_gmm import GMMActorCriticPolicy
+
+    for n_components in STEP_COMPONENTS:
+        for method in ("default", "component_average"):
+            options = {} if method == "default" else dict(entropy_method=method)
+            calls[f"step-K{n_components}-{method}"] = ppo_step_call(
+                GMMActorCriticPolicy, n_components=n_components, **options
+            )
     samples = time_calls(calls, rounds, per_round)
     compiled = native.library(th.float32) is not None
     return dict(samples=samples, points=points, rounds=rounds, per_round=per_round, compiled=compiled)
@@ -176,6 +198,14 @@ def render(payload: Dict[str, Any]) -> str:
         ],
         rows,
     )
+    step_rows = []
+    for method in ("default", "component_average"):
+        cells = []
+        for n_components in STEP_COMPONENTS:
+            samples = payload["samples"].get(f"step-K{n_components}-{method}")
+            cells.append("-" if samples is None else f"{step / float(np.median(samples)):.2f}")
+        step_rows.append([method, *cells])
+    step_table = _report.markdown_table(["method", *(f"K={k}" for k in STEP_COMPONENTS)], step_rows)
     return "\n".join(
         [
             _report.provenance(payload["record"], payload["minutes"]),
@@ -192,6 +222,12 @@ def render(payload: Dict[str, Any]) -> str:
             ),
             "",
             table,
+            "",
+            "One whole PPO minibatch step (the same loop as the MlpPolicy step above, ent_coef 0.01) with "
+            "GMMActorCriticPolicy, MlpPolicy's step time over the GMM's (1 = as fast; the update phase of the "
+            "throughput ratio, without the rollout and its environment noise):",
+            "",
+            step_table,
         ]
     )
 
