@@ -45,7 +45,13 @@ def test_one_component_reproduces_sb3_actor(algo, gmm_policy):
     for model in (reference, mixture):
         th.manual_seed(7)
         actions, log_prob = model.actor.action_log_prob(observations)
-        loss = (0.2 * log_prob - (actions - 0.1).square().sum(-1)).mean()
+        # The loss's gradient sees SB3's epsilon in log(1 - a^2 + 1e-6) (below): near |a| = 1 its derivative alone
+        # exceeds the tolerance (1 draw in ~60 of the unseeded observations did). The reference's loss gets the
+        # exact term back, so the two gradients must agree up to rounding only.
+        exact_log_prob = log_prob
+        if model is reference:
+            exact_log_prob = log_prob + th.log1p(1e-6 / (1.0 - actions.square())).sum(-1)
+        loss = (0.2 * exact_log_prob - (actions - 0.1).square().sum(-1)).mean()
         gradients = th.autograd.grad(loss, list(model.actor.parameters()))
         results.append((actions, log_prob, gradients))
     (actions, log_prob, gradients), (mixture_actions, mixture_log_prob, mixture_gradients) = results
