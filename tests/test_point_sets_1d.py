@@ -81,3 +81,32 @@ def test_entropy_with_the_rule_matches_exact_1d_quadrature(kind):
 def test_bad_arguments_name_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sinh_normal_points(**kwargs)
+
+
+def test_union_rule_candidate_fixes_the_narrow_heavy_gradient_and_is_exact_for_one_gaussian():
+    """benchmarks.rule_1d.union_rule_entropy (a candidate rule, not in the library): one trapezoid rule on the
+    sorted union of every component's nodes resolves a narrow heavy component inside wide ones, where the
+    library's per-component rule misses the gradient; for one Gaussian it is the closed form."""
+    from benchmarks.cases import cosine, flat_gradient, leaf_parameters
+    from benchmarks.rule_1d import union_rule_entropy
+
+    unit_nodes = sinh_normal_points(36, 0.5)[0].reshape(-1)
+    single = make_case(1, 1, "single")
+    logits, means, log_stds = leaf_parameters(single)
+    value = union_rule_entropy(logits, means, log_stds.exp(), unit_nodes)
+    expected = 0.5 * math.log(2 * math.pi * math.e) + float(log_stds[0, 0].detach())
+    assert float(value.detach()) == pytest.approx(expected, abs=1e-12)
+
+    case = make_case(1, 4, "narrow_heavy", seed=1)
+    logits, means, log_stds = leaf_parameters(case)
+    quadrature_entropy_1d(logits, means, log_stds.exp()).backward()
+    truth = flat_gradient(logits, means, log_stds)
+    logits, means, log_stds = leaf_parameters(case)
+    union_rule_entropy(logits, means, log_stds.exp(), unit_nodes).backward()
+    union = flat_gradient(logits, means, log_stds)
+    logits, means, log_stds = leaf_parameters(case)
+    nodes, weights = sinh_normal_points(36, 0.5)
+    quadrature_entropy(mixture_params(logits, means, log_stds.exp()), nodes, weights).backward()
+    library = flat_gradient(logits, means, log_stds)
+    assert cosine(union, truth) > 0.999
+    assert cosine(library, truth) < 0.99  # the gap the candidate closes (docs/qmc_design.md)
