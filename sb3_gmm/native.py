@@ -276,7 +276,16 @@ def _report_failure(dtype: th.dtype, switch: str) -> None:
         )
     if not _warned:
         _warned = True
-        warnings.warn(f"{message}. Set {ENV_SWITCH}=0 to skip the attempt.", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"{message}. Set {ENV_SWITCH}=0 to skip the attempt.", RuntimeWarning, stacklevel=_caller_level())
+
+
+def _caller_level() -> int:
+    """The stacklevel of the first frame outside this package, so the warning names the user's line."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _cpu_signature() -> str:

@@ -184,8 +184,9 @@ def test_without_a_compiler_the_estimate_falls_back_with_one_warning(monkeypatch
     monkeypatch.setattr(native, "library", original_kernel)
     monkeypatch.setenv(native.ENV_CACHE_DIR, str(fresh_native / "empty"))
     monkeypatch.setenv("CC", "/nonexistent/cc")
-    with pytest.warns(RuntimeWarning, match="SB3_GMM_NATIVE=0"):
+    with pytest.warns(RuntimeWarning, match="SB3_GMM_NATIVE=0") as record:
         got = gmm_entropy(logits, means, stds)
+    assert record[0].filename == __file__  # the warning names the caller's line, not the library's
     th.testing.assert_close(got, expected, rtol=0, atol=0)
     assert "no C compiler found" in native.build_error(th.float64)
     with warnings.catch_warnings():
