@@ -360,3 +360,154 @@ int sb3_gmm_mixture_log_prob(int64_t n_batch, int64_t n_components, int64_t dim,
     free(work);
     return 0;
 }
+
+/* qmc's one-dimensional union rule (sb3_gmm.entropy.quadrature.union_rule_entropy) and its first derivative.
+ *
+ * Per batch element: the nodes mu_j + s_j eps_p of every component j (eps sorted ascending, so each component's list
+ * is sorted) and each component's ends mu_j -+ end s_j, merged into one sorted list x_0 < ... < x_{M-1}
+ * (M = K (n + 2)); trapezoid weights omega_m from the gaps; the estimate
+ *   H(w) + sum_i w_i H_i - sum_m omega_m p(x_m) h(x_m),   h = entropy of the responsibilities.
+ * The gradient follows the nodes (through x_m into mu_j and s_j, and through the weights' gaps), so it is the exact
+ * derivative of the returned value, as autograd's through the torch formula.
+ *
+ * Inputs: log_weights [B, K], means / stds / log_stds [B, K] (D = 1), batch strides as for the other kernels;
+ * unit_nodes [n] ascending. Outputs: value [B]; with grad_log_weights not NULL, [K] log weights, means, stds and
+ * log stds per element at grad_batch_stride. Returns 0, or 1 when the workspace could not be allocated.
+ */
+int sb3_gmm_union_entropy_1d(int64_t n_batch, int64_t n_components, int64_t n_points, const REAL *log_weights,
+                             const REAL *means, const REAL *stds, const REAL *log_stds, const int64_t *batch_strides,
+                             const REAL *unit_nodes, REAL end, REAL distance_cap, REAL *value,
+                             REAL *grad_log_weights, REAL *grad_means, REAL *grad_stds, REAL *grad_log_stds,
+                             int64_t grad_batch_stride) {
+    const int64_t K = n_components, n = n_points, per = n + 2, M = K * (n + 2);
+    const int with_gradient = grad_log_weights != NULL;
+    const REAL half_log_2pi = (REAL)0.91893853320467274;
+    /* eps per list position (ends included), merged nodes with their source, f and f' per node, scratch per k. */
+    REAL *work = (REAL *)malloc((size_t)(per + 4 * M + 4 * K) * sizeof(REAL));
+    int64_t *source = (int64_t *)malloc((size_t)(M + K) * sizeof(int64_t));
+    if (work == NULL || source == NULL) {
+        free(work);
+        free(source);
+        return 1;
+    }
+    REAL *restrict eps = work;          /* [n + 2]: -end, unit nodes, +end */
+    REAL *restrict nodes = eps + per;   /* [M] */
+    REAL *restrict f = nodes + M;       /* [M]: p h */
+    REAL *restrict slope = f + M;       /* [M]: d(p h)/dx */
+    REAL *restrict omega = slope + M;   /* [M] */
+    REAL *restrict joint = omega + M;   /* [K] */
+    REAL *restrict resp = joint + K;    /* [K] */
+    REAL *restrict zs = resp + K;       /* [K] */
+    REAL *restrict partial = zs + K;    /* [K]: d f / d l_k at one node */
+    int64_t *restrict head = source + M; /* [K]: next position in each component's list */
+    eps[0] = -end;
+    for (int64_t p = 0; p < n; ++p) eps[p + 1] = unit_nodes[p];
+    eps[n + 1] = end;
+    for (int64_t b = 0; b < n_batch; ++b) {
+        const REAL *lw = log_weights + b * batch_strides[0], *mu = means + b * batch_strides[1];
+        const REAL *s = stds + b * batch_strides[2], *ls = log_stds + b * batch_strides[3];
+        REAL *g_lw = NULL, *g_mu = NULL, *g_s = NULL, *g_ls = NULL;
+        if (with_gradient) {
+            g_lw = grad_log_weights + b * grad_batch_stride;
+            g_mu = grad_means + b * grad_batch_stride;
+            g_s = grad_stds + b * grad_batch_stride;
+            g_ls = grad_log_stds + b * grad_batch_stride;
+        }
+        int ok = 1;
+        for (int64_t k = 0; k < K; ++k) ok &= usable(lw[k], 0) & usable(mu[k], 0) & usable(s[k], 1) & usable(ls[k], 0);
+        if (!ok) {
+            value[b] = not_a_number();
+            if (with_gradient)
+                for (int64_t k = 0; k < K; ++k) g_lw[k] = g_mu[k] = g_s[k] = g_ls[k] = not_a_number();
+            continue;
+        }
+        /* K-way merge of the components' sorted lists; source = j * (n + 2) + list position. */
+        for (int64_t k = 0; k < K; ++k) head[k] = 0;
+        for (int64_t m = 0; m < M; ++m) {
+            int64_t best = -1;
+            REAL best_x = 0;
+            for (int64_t k = 0; k < K; ++k) {
+                if (head[k] >= per) continue;
+                const REAL x = mu[k] + s[k] * eps[head[k]];
+                if (best < 0 || x < best_x) {
+                    best = k;
+                    best_x = x;
+                }
+            }
+            nodes[m] = best_x;
+            source[m] = best * per + head[best];
+            head[best] += 1;
+        }
+        for (int64_t m = 0; m < M; ++m) {
+            const REAL left = m > 0 ? nodes[m] - nodes[m - 1] : 0, right = m < M - 1 ? nodes[m + 1] - nodes[m] : 0;
+            omega[m] = (REAL)0.5 * (left + right);
+        }
+        REAL total = 0;
+        for (int64_t k = 0; k < K; ++k) {
+            const REAL w = exp(lw[k]);
+            total += w * (HALF_LOG_2PI_E + ls[k] - lw[k]);
+            if (with_gradient) {
+                g_lw[k] = w * (HALF_LOG_2PI_E + ls[k] - lw[k]) - w;
+                g_ls[k] = w;
+                g_mu[k] = g_s[k] = 0;
+            }
+        }
+        /* f = p h and, for the gradient, d f / d l_k (-p r_k log r_k) onto the parameters at fixed x, and f'. */
+        for (int64_t m = 0; m < M; ++m) {
+            const REAL x = nodes[m];
+            REAL shift = 0;
+            for (int64_t k = 0; k < K; ++k) {
+                REAL z = (x - mu[k]) / s[k];
+                z = z > distance_cap ? distance_cap : (z < -distance_cap ? -distance_cap : z);
+                zs[k] = z;
+                joint[k] = lw[k] - ls[k] - (REAL)0.5 * z * z;
+                shift = (k == 0 || joint[k] > shift) ? joint[k] : shift;
+            }
+            REAL normaliser = 0;
+            for (int64_t k = 0; k < K; ++k) {
+                resp[k] = exp(joint[k] - shift);
+                normaliser += resp[k];
+            }
+            const REAL log_normaliser = log(normaliser);
+            REAL h = 0;
+            for (int64_t k = 0; k < K; ++k) {
+                const REAL log_r = joint[k] - shift - log_normaliser;
+                resp[k] /= normaliser;
+                partial[k] = resp[k] * log_r; /* r_k log r_k, times -p below */
+                h -= partial[k];
+            }
+            const REAL density = exp(shift + log_normaliser - half_log_2pi);
+            f[m] = density * h;
+            total -= omega[m] * f[m];
+            if (!with_gradient) continue;
+            REAL derivative = 0; /* d f / d x at fixed parameters */
+            for (int64_t k = 0; k < K; ++k) {
+                const REAL d_joint = -density * partial[k]; /* d f / d l_k */
+                const REAL inv_std = 1 / s[k];
+                derivative += d_joint * -zs[k] * inv_std;
+                /* - omega_m d f / d theta at fixed x (the estimate subtracts the integral) */
+                g_lw[k] -= omega[m] * d_joint;
+                g_ls[k] += omega[m] * d_joint;
+                g_mu[k] -= omega[m] * d_joint * zs[k] * inv_std;
+                g_s[k] -= omega[m] * d_joint * zs[k] * zs[k] * inv_std;
+            }
+            slope[m] = derivative;
+        }
+        value[b] = total;
+        if (!with_gradient) continue;
+        /* Through the nodes: d(sum omega f)/d x_m, then x_m = mu_j + s_j eps into its source component. */
+        for (int64_t m = 0; m < M; ++m) {
+            REAL through = omega[m] * slope[m];
+            if (m > 0) through += (REAL)0.5 * f[m - 1];
+            if (m < M - 1) through -= (REAL)0.5 * f[m + 1];
+            if (m == 0) through -= (REAL)0.5 * f[0];
+            if (m == M - 1) through += (REAL)0.5 * f[M - 1];
+            const int64_t j = source[m] / per, position = source[m] % per;
+            g_mu[j] -= through;
+            g_s[j] -= through * eps[position];
+        }
+    }
+    free(work);
+    free(source);
+    return 0;
+}

@@ -58,6 +58,7 @@ class Kernels(NamedTuple):
 
     quadrature_entropy: Any
     mixture_log_prob: Any
+    union_entropy_1d: Any
 
 
 _lock = threading.Lock()
@@ -240,6 +241,45 @@ def mixture_log_prob(
     return value, buffer
 
 
+def union_entropy_1d(
+    kernels: Kernels,
+    log_weights: th.Tensor,
+    means: th.Tensor,
+    stds: th.Tensor,
+    log_stds: th.Tensor,
+    unit_nodes: th.Tensor,
+    end: float,
+    distance_cap: float,
+    with_gradient: bool,
+) -> Tuple[th.Tensor, Optional[th.Tensor]]:
+    """qmc's 1-D union rule (:func:`sb3_gmm.entropy.quadrature.union_rule_entropy`) ``[N]`` and, with
+    ``with_gradient``, its gradient as one buffer ``[N, 4 K]``: log weights, means, stds, log stds (``[N, K]`` each).
+
+    :param log_weights: ``[N, K]``; ``means``, ``stds``, ``log_stds``: ``[N, K]`` (D = 1 squeezed; batch stride 0
+        allowed)
+    :param unit_nodes: ``[n]`` standard-normal nodes, ascending
+    :param end: each component's outermost nodes, in its stds
+    """
+    n_batch, n_components = means.shape
+    inputs = [_batch_major(tensor) for tensor in (log_weights, means, stds, log_stds)]
+    strides = (ctypes.c_int64 * 4)(*(tensor.stride(0) for tensor in inputs))
+    unit_nodes = unit_nodes.contiguous()
+    value = means.new_empty(n_batch)
+    buffer = None
+    pointers: List[Optional[int]] = [None] * 4
+    if with_gradient:
+        buffer = means.new_empty(n_batch, 4 * n_components)
+        element = buffer.element_size()
+        pointers = [buffer.data_ptr() + part * n_components * element for part in range(4)]
+    status = kernels.union_entropy_1d(
+        n_batch, n_components, unit_nodes.numel(), *(tensor.data_ptr() for tensor in inputs), strides,
+        unit_nodes.data_ptr(), end, distance_cap, value.data_ptr(), *pointers, 4 * n_components,
+    )  # fmt: skip
+    if status != 0:
+        raise MemoryError(f"the union-rule kernel could not allocate its workspace (K = {n_components})")
+    return value, buffer
+
+
 def split_log_prob_gradient(buffer: th.Tensor, n_components: int, dim: int) -> Tuple[th.Tensor, ...]:
     """Views of a :func:`mixture_log_prob` gradient buffer ``[..., D + K + 3 K D]``: x ``[..., D]``, log weights
     ``[..., K]``, means, stds and log stds ``[..., K, D]``."""
@@ -376,4 +416,12 @@ def _load(dtype: th.dtype) -> Kernels:
         pointer, pointer, pointer, pointer, pointer, pointer, size,  # value, gradients (NULL: none), batch stride
     ]  # fmt: skip
     log_prob.restype = ctypes.c_int
-    return Kernels(entropy, log_prob)
+    union = loaded.sb3_gmm_union_entropy_1d
+    union.argtypes = [
+        size, size, size,  # batch, components, nodes per component
+        pointer, pointer, pointer, pointer, pointer,  # log_weights, means, stds, log_stds, their batch strides
+        pointer, ctype, ctype,  # unit nodes, end, distance cap
+        pointer, pointer, pointer, pointer, pointer, size,  # value, gradients (NULL: none), their batch stride
+    ]  # fmt: skip
+    union.restype = ctypes.c_int
+    return Kernels(entropy, log_prob, union)

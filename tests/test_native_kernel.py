@@ -302,3 +302,54 @@ def test_log_prob_kernel_nan_in_nan_out_and_layouts_it_does_not_take(fresh_nativ
     many = th.randn(4, 5, 2)
     value = mixture_log_prob(many, log_weights, means.detach(), stds)
     assert value.shape == (4, 5) and log_prob_calls == [5]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# qmc's 1-D union rule (rule_1d="union").
+
+
+@pytest.fixture
+def union_calls(monkeypatch) -> List[int]:
+    calls: List[int] = []
+    original = native.union_entropy_1d
+
+    def spy(kernels, log_weights, *args):
+        calls.append(log_weights.shape[0])
+        return original(kernels, log_weights, *args)
+
+    monkeypatch.setattr(native, "union_entropy_1d", spy)
+    return calls
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [th.float64, th.float32])
+@pytest.mark.parametrize("batch_shape", [(7,), (3, 5)])
+@pytest.mark.parametrize("n_components", [2, 4, 8])
+def test_union_kernel_equals_the_torch_path(monkeypatch, fresh_native, union_calls, dtype, batch_shape, n_components):
+    options = dict(rule_1d="union")
+    got = _value_and_grads("qmc", options, batch_shape, n_components, 1, dtype)
+    assert union_calls == [th.Size(batch_shape).numel()]
+    monkeypatch.setattr(native, "library", lambda dtype: None)
+    expected = _value_and_grads("qmc", options, batch_shape, n_components, 1, dtype)
+    assert union_calls == [th.Size(batch_shape).numel()]
+    tolerance = dict(rtol=1e-10, atol=1e-12) if dtype == th.float64 else dict(rtol=1e-4, atol=1e-4)
+    for value, reference in zip(got, expected):
+        assert value.shape == reference.shape
+        th.testing.assert_close(value, reference, **tolerance)
+
+
+@needs_kernel
+def test_union_kernel_gradcheck_second_derivatives_and_nan(fresh_native, union_calls):
+    logits, means, log_stds = _mixture((3,), 3, 1, th.float64, seed=8)
+
+    def entropy(logits, means, log_stds):
+        return gmm_entropy(logits, means, log_stds.exp().expand_as(means), rule_1d="union")
+
+    assert th.autograd.gradcheck(entropy, (logits, means, log_stds))
+    assert union_calls
+    assert th.autograd.gradgradcheck(entropy, (logits, means, log_stds))
+    means = means.detach().clone()
+    means[1, 0, 0] = float("nan")
+    with validation(False):
+        value = gmm_entropy(logits.detach(), means, log_stds.detach().exp().expand_as(means), rule_1d="union")
+    assert th.isnan(value[1]) and th.isfinite(value[[0, 2]]).all()

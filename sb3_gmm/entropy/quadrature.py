@@ -514,6 +514,48 @@ def _differentiable_backward(ctx: Any, grad_output: th.Tensor) -> Tuple[Optional
     return tuple(grads)
 
 
+class _CompiledUnionEntropy(th.autograd.Function):
+    """:func:`union_rule_entropy` through the compiled kernel: the gradient is computed in the forward (incoming
+    gradient one) and scaled in the backward; a backward that records a graph differentiates the torch formula."""
+
+    @staticmethod
+    def forward(ctx, log_weights, means, stds, log_stds, unit_nodes, kernels, with_gradient):  # type: ignore[override]
+        batch_shape = th.broadcast_shapes(
+            log_weights.shape[:-1], means.shape[:-2], stds.shape[:-2], log_stds.shape[:-2]
+        )
+        n_components = means.shape[-2]
+        flat = [
+            _flatten_batch(tensor, batch_shape, 1)
+            for tensor in (log_weights, means[..., 0], stds[..., 0], log_stds[..., 0])
+        ]
+        value, buffer = native.union_entropy_1d(
+            kernels, *flat, unit_nodes, UNION_RULE_END, max_scaled_distance(means.dtype), with_gradient
+        )
+        ctx.n_components = n_components
+        saved = () if buffer is None else (buffer.view(*batch_shape, buffer.shape[-1]),)
+        ctx.save_for_backward(*saved, unit_nodes, log_weights, means, stds, log_stds)
+        return value.view(batch_shape)
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        *_, unit_nodes, log_weights, means, stds, log_stds = ctx.saved_tensors
+        if th.is_grad_enabled():
+            inputs = [tensor.view_as(tensor) for tensor in (log_weights, means, stds, log_stds)]
+            wanted = [index for index in range(4) if ctx.needs_input_grad[index]]
+            grads: List[Optional[th.Tensor]] = [None] * 7
+            value = _torch_union_rule_entropy(MixtureParams(*inputs), unit_nodes)
+            found = th.autograd.grad(
+                value, [inputs[index] for index in wanted], grad_output, create_graph=True, allow_unused=True
+            )
+            for index, grad in zip(wanted, found):
+                grads[index] = grad
+            return tuple(grads)
+        scaled = grad_output.unsqueeze(-1) * ctx.saved_tensors[0]
+        grad_log_weights, grad_means, grad_stds, grad_log_stds = scaled.split(ctx.n_components, dim=-1)
+        component_grads = (grad.unsqueeze(-1) for grad in (grad_means, grad_stds, grad_log_stds))
+        return (grad_log_weights, *component_grads, None, None, None)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Point sets (built in point_sets.py) converted for the inputs.
 
@@ -651,6 +693,15 @@ def union_rule_entropy(params: MixtureParams, unit_nodes: th.Tensor, follow_node
     """
     if params.n_components == 1:
         return weighted_sum(params.log_weights, gaussian_entropies(params.log_stds) - params.log_weights)
+    if follow_nodes and not th.compiler.is_compiling():
+        kernels = _kernel_for(params.means, unit_nodes.unsqueeze(-1))
+        if kernels is not None and all(tensor.dtype == params.means.dtype for tensor in params):
+            return _CompiledUnionEntropy.apply(*params, unit_nodes, kernels, _records_graph(params))
+    return _torch_union_rule_entropy(params, unit_nodes, follow_nodes)
+
+
+def _torch_union_rule_entropy(params: MixtureParams, unit_nodes: th.Tensor, follow_nodes: bool = True) -> th.Tensor:
+    """:func:`union_rule_entropy` in torch ops, differentiated by autograd (the compiled kernel's reference)."""
     means, stds, log_stds = params.means[..., 0], params.stds[..., 0], params.log_stds[..., 0]  # [..., K]
     stds = stds.expand_as(means)
     with th.set_grad_enabled(th.is_grad_enabled() and follow_nodes):
