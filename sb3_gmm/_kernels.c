@@ -382,24 +382,30 @@ int sb3_gmm_union_entropy_1d(int64_t n_batch, int64_t n_components, int64_t n_po
     const int64_t K = n_components, n = n_points, per = n + 2, M = K * (n + 2);
     const int with_gradient = grad_log_weights != NULL;
     const REAL half_log_2pi = (REAL)0.91893853320467274;
-    /* eps per list position (ends included), merged nodes with their source, f and f' per node, scratch per k. */
-    REAL *work = (REAL *)malloc((size_t)(per + 4 * M + 4 * K) * sizeof(REAL));
+    /* eps per list position (ends included); merged nodes, f and f', weights, per-node scratch [M] x 5; per
+     * (component, node) scratch [K, M] x 3; sources [M] and merge heads [K]. Loops run over the nodes innermost so
+     * that the compiler vectorises them (exp and log included). */
+    REAL *work = (REAL *)malloc((size_t)(per + 9 * M + 3 * K * M) * sizeof(REAL));
     int64_t *source = (int64_t *)malloc((size_t)(M + K) * sizeof(int64_t));
     if (work == NULL || source == NULL) {
         free(work);
         free(source);
         return 1;
     }
-    REAL *restrict eps = work;          /* [n + 2]: -end, unit nodes, +end */
-    REAL *restrict nodes = eps + per;   /* [M] */
-    REAL *restrict f = nodes + M;       /* [M]: p h */
-    REAL *restrict slope = f + M;       /* [M]: d(p h)/dx */
-    REAL *restrict omega = slope + M;   /* [M] */
-    REAL *restrict joint = omega + M;   /* [K] */
-    REAL *restrict resp = joint + K;    /* [K] */
-    REAL *restrict zs = resp + K;       /* [K] */
-    REAL *restrict partial = zs + K;    /* [K]: d f / d l_k at one node */
-    int64_t *restrict head = source + M; /* [K]: next position in each component's list */
+    REAL *restrict eps = work;                 /* [n + 2]: -end, unit nodes, +end */
+    REAL *restrict nodes = eps + per;          /* [M] */
+    REAL *restrict f = nodes + M;              /* [M]: p h */
+    REAL *restrict slope = f + M;              /* [M]: d(p h)/dx */
+    REAL *restrict omega = slope + M;          /* [M] */
+    REAL *restrict shift = omega + M;          /* [M] */
+    REAL *restrict normaliser = shift + M;     /* [M] */
+    REAL *restrict entropy = normaliser + M;   /* [M]: h */
+    REAL *restrict density = entropy + M;      /* [M]: p */
+    REAL *restrict spare = density + M;        /* [M] */
+    REAL *restrict scaled = spare + M;         /* [K, M]: z */
+    REAL *restrict joint = scaled + K * M;     /* [K, M]: l, then exp(l - shift) */
+    REAL *restrict partial = joint + K * M;    /* [K, M]: r log r */
+    int64_t *restrict head = source + M;       /* [K]: next position in each component's list */
     eps[0] = -end;
     for (int64_t p = 0; p < n; ++p) eps[p + 1] = unit_nodes[p];
     eps[n + 1] = end;
@@ -452,46 +458,68 @@ int sb3_gmm_union_entropy_1d(int64_t n_batch, int64_t n_components, int64_t n_po
                 g_mu[k] = g_s[k] = 0;
             }
         }
-        /* f = p h and, for the gradient, d f / d l_k (-p r_k log r_k) onto the parameters at fixed x, and f'. */
+        /* f = p h at every node, component by component over all nodes. */
+        for (int64_t k = 0; k < K; ++k) {
+            REAL *restrict z = scaled + k * M, *restrict l = joint + k * M;
+            const REAL inv_std = 1 / s[k], offset = lw[k] - ls[k];
+            for (int64_t m = 0; m < M; ++m) {
+                REAL value_z = (nodes[m] - mu[k]) * inv_std;
+                value_z = value_z > distance_cap ? distance_cap : (value_z < -distance_cap ? -distance_cap : value_z);
+                z[m] = value_z;
+                l[m] = offset - (REAL)0.5 * value_z * value_z;
+            }
+            if (k == 0)
+                for (int64_t m = 0; m < M; ++m) shift[m] = l[m];
+            else
+                for (int64_t m = 0; m < M; ++m) shift[m] = l[m] > shift[m] ? l[m] : shift[m];
+        }
+        for (int64_t m = 0; m < M; ++m) normaliser[m] = entropy[m] = 0;
+        for (int64_t k = 0; k < K; ++k) {
+            REAL *restrict l = joint + k * M;
+            for (int64_t m = 0; m < M; ++m) {
+                l[m] -= shift[m]; /* l - shift, kept for log r */
+                spare[m] = exp(l[m]);
+                normaliser[m] += spare[m];
+            }
+            REAL *restrict pr = partial + k * M;
+            for (int64_t m = 0; m < M; ++m) pr[m] = spare[m]; /* exp(l - shift), normalised below */
+        }
+        for (int64_t m = 0; m < M; ++m) spare[m] = log(normaliser[m]);
+        for (int64_t k = 0; k < K; ++k) {
+            const REAL *l = joint + k * M;
+            REAL *restrict pr = partial + k * M;
+            for (int64_t m = 0; m < M; ++m) {
+                const REAL r = pr[m] / normaliser[m];
+                pr[m] = r * (l[m] - spare[m]); /* r log r */
+                entropy[m] -= pr[m];
+            }
+        }
         for (int64_t m = 0; m < M; ++m) {
-            const REAL x = nodes[m];
-            REAL shift = 0;
-            for (int64_t k = 0; k < K; ++k) {
-                REAL z = (x - mu[k]) / s[k];
-                z = z > distance_cap ? distance_cap : (z < -distance_cap ? -distance_cap : z);
-                zs[k] = z;
-                joint[k] = lw[k] - ls[k] - (REAL)0.5 * z * z;
-                shift = (k == 0 || joint[k] > shift) ? joint[k] : shift;
-            }
-            REAL normaliser = 0;
-            for (int64_t k = 0; k < K; ++k) {
-                resp[k] = exp(joint[k] - shift);
-                normaliser += resp[k];
-            }
-            const REAL log_normaliser = log(normaliser);
-            REAL h = 0;
-            for (int64_t k = 0; k < K; ++k) {
-                const REAL log_r = joint[k] - shift - log_normaliser;
-                resp[k] /= normaliser;
-                partial[k] = resp[k] * log_r; /* r_k log r_k, times -p below */
-                h -= partial[k];
-            }
-            const REAL density = exp(shift + log_normaliser - half_log_2pi);
-            f[m] = density * h;
+            density[m] = exp(shift[m] + spare[m] - half_log_2pi);
+            f[m] = density[m] * entropy[m];
             total -= omega[m] * f[m];
-            if (!with_gradient) continue;
-            REAL derivative = 0; /* d f / d x at fixed parameters */
+        }
+        if (with_gradient) {
+            /* d f / d l_k = -p r_k log r_k: onto the parameters at fixed x (the estimate subtracts the integral),
+             * and into f' = sum_k d f / d l_k * (-z_k / s_k). */
+            for (int64_t m = 0; m < M; ++m) slope[m] = 0;
             for (int64_t k = 0; k < K; ++k) {
-                const REAL d_joint = -density * partial[k]; /* d f / d l_k */
+                const REAL *z = scaled + k * M, *pr = partial + k * M;
                 const REAL inv_std = 1 / s[k];
-                derivative += d_joint * -zs[k] * inv_std;
-                /* - omega_m d f / d theta at fixed x (the estimate subtracts the integral) */
-                g_lw[k] -= omega[m] * d_joint;
-                g_ls[k] += omega[m] * d_joint;
-                g_mu[k] -= omega[m] * d_joint * zs[k] * inv_std;
-                g_s[k] -= omega[m] * d_joint * zs[k] * zs[k] * inv_std;
+                REAL sum_joint = 0, sum_mean = 0, sum_std = 0;
+                for (int64_t m = 0; m < M; ++m) {
+                    const REAL d_joint = -density[m] * pr[m];
+                    const REAL weighted = omega[m] * d_joint;
+                    slope[m] -= d_joint * z[m] * inv_std;
+                    sum_joint += weighted;
+                    sum_mean += weighted * z[m];
+                    sum_std += weighted * z[m] * z[m];
+                }
+                g_lw[k] -= sum_joint;
+                g_ls[k] += sum_joint;
+                g_mu[k] -= sum_mean * inv_std;
+                g_s[k] -= sum_std * inv_std;
             }
-            slope[m] = derivative;
         }
         value[b] = total;
         if (!with_gradient) continue;
