@@ -188,16 +188,8 @@ class _CompiledLogProb(th.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
         if th.is_grad_enabled():
-            inputs = [tensor.view_as(tensor) for tensor in ctx.saved_tensors[-5:]]
-            wanted = [index for index in range(5) if ctx.needs_input_grad[index]]
-            grads: list = [None] * 7
-            value = _torch_log_prob(*inputs)
-            found = th.autograd.grad(
-                value, [inputs[index] for index in wanted], grad_output, create_graph=True, allow_unused=True
-            )
-            for index, grad in zip(wanted, found):
-                grads[index] = grad
-            return tuple(grads)
+            inputs = ctx.saved_tensors[-5:]
+            return native.differentiable_gradients(_torch_log_prob, inputs, ctx.needs_input_grad, grad_output, 7)
         scaled = grad_output.unsqueeze(-1) * ctx.saved_tensors[0]
         # stds / log_stds shared as [K, D] get [..., K, D] gradients: autograd sums them over the batch.
         return (*native.split_log_prob_gradient(scaled, *ctx.dims), None, None)

@@ -35,7 +35,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch as th
 
@@ -286,6 +286,38 @@ def split_log_prob_gradient(buffer: th.Tensor, n_components: int, dim: int) -> T
     sizes = [dim, n_components, n_components * dim, n_components * dim, n_components * dim]
     x, log_weights, *component_grads = buffer.split(sizes, dim=-1)
     return (x, log_weights, *(grad.unflatten(-1, (n_components, dim)) for grad in component_grads))
+
+
+def differentiable_gradients(
+    reference: Callable[..., th.Tensor],
+    inputs: Sequence[th.Tensor],
+    needs_input_grad: Sequence[bool],
+    grad_output: th.Tensor,
+    n_grads: int,
+) -> Tuple[Optional[th.Tensor], ...]:
+    """The backward of a Function whose first derivative the kernel precomputed, when the backward records a graph
+    (second derivatives, ``create_graph=True``): autograd of the torch ``reference(*inputs)`` instead, so the
+    gradient is itself differentiable in the inputs and in ``grad_output``.
+
+    :param reference: the torch formula the kernel computes
+    :param inputs: the Function's tensor inputs that ``reference`` takes, in its order
+    :param needs_input_grad: ``ctx.needs_input_grad`` (the inputs first)
+    :param grad_output: the incoming gradient
+    :param n_grads: how many gradients the Function's backward returns (None for the rest)
+    """
+    # Fresh views as the roots: the gradient w.r.t. stds must not also collect the path through log_stds when the
+    # caller's log_stds = stds.log() (the engine adds that path itself), yet the views keep the graph to the inputs.
+    roots = [tensor.view_as(tensor) for tensor in inputs]
+    wanted = [index for index in range(len(roots)) if needs_input_grad[index]]
+    grads: List[Optional[th.Tensor]] = [None] * n_grads
+    if not wanted:
+        return tuple(grads)
+    value = reference(*roots)
+    targets = [roots[index] for index in wanted]
+    found = th.autograd.grad(value, targets, grad_output, create_graph=True, allow_unused=True)
+    for index, grad in zip(wanted, found):
+        grads[index] = grad
+    return tuple(grads)
 
 
 def _batch_major(tensor: th.Tensor) -> th.Tensor:

@@ -41,18 +41,32 @@ def fresh_native(monkeypatch, module_cache):
     native.reset()
 
 
+def _spy(monkeypatch, name: str) -> List[int]:
+    """Batch sizes of every call into ``native.<name>`` (the first tensor after the kernels), to show it ran."""
+    calls: List[int] = []
+    original = getattr(native, name)
+
+    def spy(kernels, first, *args):
+        calls.append(first.shape[0])
+        return original(kernels, first, *args)
+
+    monkeypatch.setattr(native, name, spy)
+    return calls
+
+
 @pytest.fixture
 def kernel_calls(monkeypatch) -> List[int]:
-    """Batch sizes of every call into the kernel, to show it really ran."""
-    calls: List[int] = []
-    original = native.quadrature_entropy
+    return _spy(monkeypatch, "quadrature_entropy")
 
-    def spy(function, log_weights, *args):
-        calls.append(log_weights.shape[0])
-        return original(function, log_weights, *args)
 
-    monkeypatch.setattr(native, "quadrature_entropy", spy)
-    return calls
+@pytest.fixture
+def log_prob_calls(monkeypatch) -> List[int]:
+    return _spy(monkeypatch, "mixture_log_prob")
+
+
+@pytest.fixture
+def union_calls(monkeypatch) -> List[int]:
+    return _spy(monkeypatch, "union_entropy_1d")
 
 
 def _mixture(batch_shape, n_components: int, dim: int, dtype: th.dtype, seed: int = 0):
@@ -229,19 +243,6 @@ def test_disabled_block_uses_the_torch_path_in_this_thread_only(fresh_native, ke
 # The mixture log density (sb3_gmm.mixture.mixture_log_prob).
 
 
-@pytest.fixture
-def log_prob_calls(monkeypatch) -> List[int]:
-    calls: List[int] = []
-    original = native.mixture_log_prob
-
-    def spy(kernels, x, *args):
-        calls.append(x.shape[0])
-        return original(kernels, x, *args)
-
-    monkeypatch.setattr(native, "mixture_log_prob", spy)
-    return calls
-
-
 def _log_prob_and_grads(batch_shape, n_components: int, dim: int, dtype: th.dtype, shared_std: bool):
     logits, means, log_stds = _mixture(batch_shape, n_components, dim, dtype, seed=5)
     generator = th.Generator().manual_seed(9)
@@ -306,19 +307,6 @@ def test_log_prob_kernel_nan_in_nan_out_and_layouts_it_does_not_take(fresh_nativ
 
 # ---------------------------------------------------------------------------------------------------------------------
 # qmc's 1-D union rule (rule_1d="union").
-
-
-@pytest.fixture
-def union_calls(monkeypatch) -> List[int]:
-    calls: List[int] = []
-    original = native.union_entropy_1d
-
-    def spy(kernels, log_weights, *args):
-        calls.append(log_weights.shape[0])
-        return original(kernels, log_weights, *args)
-
-    monkeypatch.setattr(native, "union_entropy_1d", spy)
-    return calls
 
 
 @needs_kernel

@@ -30,7 +30,7 @@ any batch size.
 
 import math
 from functools import lru_cache
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, NamedTuple, Optional, Sequence, Tuple
 
 import torch as th
 
@@ -498,20 +498,12 @@ class _FusedQuadratureEntropy(th.autograd.Function):
 def _differentiable_backward(ctx: Any, grad_output: th.Tensor) -> Tuple[Optional[th.Tensor], ...]:
     """The fused Function's gradient as autograd of the reference, with a graph (for second derivatives)."""
     *_, features, point_weights, log_weights, means, stds, log_stds = ctx.saved_tensors
-    wanted = [index for index in range(4) if ctx.needs_input_grad[index]]
-    grads: List[Optional[th.Tensor]] = [None] * 9
-    if not wanted:
-        return tuple(grads)
-    # Fresh views as the roots: the gradient w.r.t. stds must not also collect the path through log_stds when the
-    # caller's log_stds = stds.log() (the engine adds that path itself), yet the views keep the graph to the inputs.
-    inputs = [tensor.view_as(tensor) for tensor in (log_weights, means, stds, log_stds)]
-    value = _autograd_quadrature_entropy(MixtureParams(*inputs), features, point_weights, ctx.responsibility_entropy)
-    found = th.autograd.grad(
-        value, [inputs[index] for index in wanted], grad_output, create_graph=True, allow_unused=True
-    )
-    for index, grad in zip(wanted, found):
-        grads[index] = grad
-    return tuple(grads)
+
+    def reference(*inputs: th.Tensor) -> th.Tensor:
+        return _autograd_quadrature_entropy(MixtureParams(*inputs), features, point_weights, ctx.responsibility_entropy)
+
+    inputs = (log_weights, means, stds, log_stds)
+    return native.differentiable_gradients(reference, inputs, ctx.needs_input_grad, grad_output, 9)
 
 
 class _CompiledUnionEntropy(th.autograd.Function):
@@ -540,16 +532,12 @@ class _CompiledUnionEntropy(th.autograd.Function):
     def backward(ctx, grad_output):  # type: ignore[override]
         *_, unit_nodes, log_weights, means, stds, log_stds = ctx.saved_tensors
         if th.is_grad_enabled():
-            inputs = [tensor.view_as(tensor) for tensor in (log_weights, means, stds, log_stds)]
-            wanted = [index for index in range(4) if ctx.needs_input_grad[index]]
-            grads: List[Optional[th.Tensor]] = [None] * 7
-            value = _torch_union_rule_entropy(MixtureParams(*inputs), unit_nodes)
-            found = th.autograd.grad(
-                value, [inputs[index] for index in wanted], grad_output, create_graph=True, allow_unused=True
-            )
-            for index, grad in zip(wanted, found):
-                grads[index] = grad
-            return tuple(grads)
+
+            def reference(*inputs: th.Tensor) -> th.Tensor:
+                return _torch_union_rule_entropy(MixtureParams(*inputs), unit_nodes)
+
+            inputs = (log_weights, means, stds, log_stds)
+            return native.differentiable_gradients(reference, inputs, ctx.needs_input_grad, grad_output, 7)
         scaled = grad_output.unsqueeze(-1) * ctx.saved_tensors[0]
         grad_log_weights, grad_means, grad_stds, grad_log_stds = scaled.split(ctx.n_components, dim=-1)
         component_grads = (grad.unsqueeze(-1) for grad in (grad_means, grad_stds, grad_log_stds))
