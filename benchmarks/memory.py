@@ -14,10 +14,14 @@ so a chunked call's figure also includes some allocator slack. torch's own alloc
 (``torch.cuda.max_memory_allocated``) exist only for CUDA; the resident set is what a CPU user runs out of.
 
 "off" is ``quadrature.CHUNK_BYTES = math.inf`` (the one-pass kernel, the behaviour before chunking); "on" is the
-library's default budget. Times: after the measured call, the "on" process times chunking on and off ALTERNATELY for
-the case's rounds (medians, and the median of the rounds' ratios), so the two are compared side by side under the
-same machine load. The small-batch check does the same for the PPO minibatch (B = 64, K = 4, D = 1) over many
-rounds: at that size both take the one-pass path and only the budget test differs.
+library's default budget. Both run the torch path (``sb3_gmm.native.disabled()``): chunking is what a machine without
+a C compiler, or with more than ``KERNEL_MAX_THREADS_LARGE_BATCH`` torch threads, gets. A third process per size
+measures the compiled kernel, which serves such batches otherwise (one call's peak and time, not side by side).
+
+Times: after the measured call, the "on" process times chunking on and off ALTERNATELY for the case's rounds
+(medians, and the median of the rounds' ratios), so the two are compared side by side under the same machine load.
+The small-batch check does the same for the PPO minibatch (B = 64, K = 4, D = 1) over many rounds: at that size both
+take the one-pass path and only the budget test differs.
 
 Usage::
 
@@ -43,6 +47,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import torch as th  # noqa: E402
 
 from benchmarks import _report  # noqa: E402
+from sb3_gmm import native  # noqa: E402
 from sb3_gmm.entropy import gmm_entropy, quadrature  # noqa: E402
 from sb3_gmm.entropy._common import mixture_params  # noqa: E402
 
@@ -136,9 +141,20 @@ def alternate_times(
     }
 
 
-def run_case(batch: int, n_components: int, dim: int, budget: float, backward: bool, rounds: int) -> Dict[str, Any]:
+def run_case(
+    batch: int, n_components: int, dim: int, budget: float, backward: bool, rounds: int, compiled: bool = False
+) -> Dict[str, Any]:
     """Peak memory (bytes) and time of one call with ``budget``, then ``rounds`` of :func:`alternate_times` (run
-    inside the subprocess)."""
+    inside the subprocess); the torch path unless ``compiled`` (then the compiled kernel, which must be available)."""
+    if compiled:
+        if native.library(th.float32) is None:
+            raise RuntimeError(f"the compiled kernel is not available: {native.build_error(th.float32)}")
+        return _run_case(batch, n_components, dim, budget, backward, rounds)
+    with native.disabled():
+        return _run_case(batch, n_components, dim, budget, backward, rounds)
+
+
+def _run_case(batch: int, n_components: int, dim: int, budget: float, backward: bool, rounds: int) -> Dict[str, Any]:
     quadrature.CHUNK_BYTES = budget
     inputs = _inputs(batch, n_components, dim)
     with th.no_grad():
@@ -162,10 +178,12 @@ def run_case(batch: int, n_components: int, dim: int, budget: float, backward: b
     return result
 
 
-def measure(batch: int, n_components: int, dim: int, budget: float, backward: bool, rounds: int) -> Dict[str, Any]:
+def measure(
+    batch: int, n_components: int, dim: int, budget: float, backward: bool, rounds: int, compiled: bool = False
+) -> Dict[str, Any]:
     """:func:`run_case` in a fresh Python process (so earlier cases leave nothing behind)."""
     spec = {"batch": batch, "n_components": n_components, "dim": dim, "budget": budget, "backward": backward}
-    spec["rounds"] = rounds
+    spec.update(rounds=rounds, compiled=compiled)
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks.memory", "--child", json.dumps(_report.json_safe(spec))],
         cwd=_report.REPO_ROOT,
@@ -178,7 +196,7 @@ def measure(batch: int, n_components: int, dim: int, budget: float, backward: bo
     timing = result.get("timing")
     times = f", on {timing['on_seconds']:.3f} s vs off {timing['off_seconds']:.3f} s" if timing else ""
     print(
-        f"  B={batch} K={n_components} D={dim} budget={_budget_label(budget)} "
+        f"  B={batch} K={n_components} D={dim} budget={_budget_label(budget)}{' compiled' if compiled else ''} "
         f"{'fwd+bwd' if backward else 'fwd'}: {result['peak_bytes'] / 1e6:.0f} MB, {result['seconds']:.3f} s{times}",
         flush=True,
     )
@@ -198,11 +216,11 @@ def small_batch_times(rounds: int, calls: int) -> Dict[str, float]:
     # What chunking adds to a call that is not chunked: the budget test (besides two Python calls).
     logits, means, log_stds = (tensor.detach() for tensor in inputs)
     params = mixture_params(logits, means, log_stds.exp())
-    features = quadrature._qmc_rule(SMALL_BATCH[1], SMALL_BATCH[2], 64, 0, th.float32, th.device("cpu"))[2]
+    points, _, features = quadrature._qmc_rule(SMALL_BATCH[1], SMALL_BATCH[2], 64, 0, th.float32, th.device("cpu"))
     decision_calls = 100_000
     start = time.perf_counter()
     for _ in range(decision_calls):
-        quadrature._chunking(params, features)
+        quadrature._plan(params, points, features)
     decision_us = (time.perf_counter() - start) / decision_calls * 1e6
     return {
         "on_us": timing["on_seconds"] * 1e6,
@@ -254,11 +272,13 @@ def render(record: Dict[str, Any], results: Dict[str, Any], minutes: float) -> s
                 _mb(case["on"]["peak_bytes"]),
                 *_times(case),
                 case["on"].get("timing", {}).get("rounds", "-"),
+                _mb(case["compiled"]["peak_bytes"]) if "compiled" in case else "-",
+                f"({_report.fmt(case['compiled']['seconds'])})" if "compiled" in case else "-",
             ]
         )
     sizes_table = _report.markdown_table(
         ["B", "K", "D", "call", "one [B, K, K, n], MB", "peak MB, off", "peak MB, on", "seconds, off",
-         "seconds, on", "on / off", "rounds"],
+         "seconds, on", "on / off", "rounds", "peak MB, compiled", "seconds, compiled"],
         rows,
     )  # fmt: skip
     sweep_rows = [
@@ -293,7 +313,9 @@ ones), float32. "off" is `CHUNK_BYTES = math.inf` (the kernel before chunking), 
 over its level just before (so the inputs do not count; the gradients the call returns do), read as
 {results["method"]}. Seconds per call: on and off alternately in one process, medians over the rounds shown, and
 the median of the rounds' on / off ratios; in parentheses where the case had no rounds, the measured call's own
-time (each in its own process, so not side by side).
+time (each in its own process, so not side by side). "off" and "on" are the torch path; "compiled" is the compiled
+kernel (`sb3_gmm.native`), which takes these batches on a CPU where torch runs at most
+{quadrature.KERNEL_MAX_THREADS_LARGE_BATCH} threads: one call in its own process, its time in parentheses.
 
 {sizes_table}{verdict}
 
@@ -351,6 +373,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             "backward": backward,
             "off": measure(batch, n_components, dim, math.inf, backward, 0),
             "on": measure(batch, n_components, dim, default, backward, rounds),
+            "compiled": measure(batch, n_components, dim, default, backward, 0, compiled=True),
         }
         for batch, n_components, dim, backward, rounds in cases
     ]
@@ -360,7 +383,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     sweep_budgets = (1.0 * MIB, 16.0 * MIB) if args.quick else tuple(value * MIB for value in SWEEP_MIB)
     results["sweep"] = [measure(*results["sweep_size"], budget, True, SWEEP_ROUNDS) for budget in sweep_budgets]
     print("small batch:", flush=True)
-    results["small_batch"] = small_batch_times(args.rounds, args.calls)
+    with native.disabled():  # the torch path's budget test, as the sizes above (the kernel skips chunking)
+        results["small_batch"] = small_batch_times(args.rounds, args.calls)
     body = render(record, results, (time.perf_counter() - started) / 60.0)
     print(body)
     if args.write:

@@ -183,6 +183,15 @@ def test_minibatches_take_the_kernel_and_other_layouts_keep_torch(monkeypatch):
     points, _, features = _qmc_rule(4, 1, 64, 0, th.float32, th.device("cpu"))
     plan = quadrature._plan(params, points, features)
     assert plan.kernel is sentinel and plan.rows == 64 and plan.batch_shape == (64,)
+    # Over the memory budget the kernel serves too while torch has at most two threads; with more, torch's chunks.
+    monkeypatch.setattr(quadrature, "CHUNK_BYTES", 1024)
+    monkeypatch.setattr(th, "get_num_threads", lambda: 2)
+    assert quadrature._plan(params, points, features).kernel is sentinel
+    monkeypatch.setattr(th, "get_num_threads", lambda: 8)
+    chunks = quadrature._plan(params, points, features)
+    assert chunks.kernel is None and chunks.rows < 64
+    monkeypatch.undo()
+    monkeypatch.setattr(native, "library", lambda dtype: sentinel)
     # Monte Carlo's points per batch element, and points of another dtype, stay on the torch path.
     per_element = th.zeros(64, 4, 8, 1)
     assert quadrature._plan(params, per_element, point_features(per_element)) is None

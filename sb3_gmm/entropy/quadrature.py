@@ -62,6 +62,11 @@ CHUNK_BYTES: float = 4 * 2**20
 # The same for tensors on any other device (CUDA, MPS). Not measured yet: a GPU pays a kernel launch per op and
 # chunk, so it wants far larger chunks than the CPU's cache does; 256 MiB keeps the peak near 1 GB.
 GPU_CHUNK_BYTES: float = 256 * 2**20
+# Above CHUNK_BYTES the compiled kernel (one thread, memory bounded by its per-block workspace) still serves a CPU
+# batch when torch computes with at most this many threads: on the 2-core test machine it took 0.3-0.56 of the time
+# of torch's chunks with 1 or 2 threads (B = 2048 to 16384, K = 4 to 8). More threads keep torch's chunks (not
+# measured on a machine with more cores).
+KERNEL_MAX_THREADS_LARGE_BATCH = 2
 INTEGRANDS = ("responsibility_entropy", "log_responsibility")
 # qmc's rules in one dimension: each component's integral with its own nodes (the default), or one composite rule
 # on the sorted union of every component's nodes (union_rule_entropy).
@@ -336,14 +341,15 @@ def _plan(params: MixtureParams, points: th.Tensor, features: th.Tensor) -> Opti
         n_elements = max(n_elements, features.numel() // (n_components * n_points * features.shape[-1]))
     # Inside the Function's forward grad mode is always off, so whether a graph is recorded is read here.
     fits = n_elements * element_bytes <= budget
-    if fits:
-        # At minibatch sizes the torch path's cost is its ~90 eager ops, which the kernel replaces with one call.
-        # Large batches keep torch's chunks: there the arithmetic dominates and torch spreads it over threads.
+    # At minibatch sizes the torch path's cost is its ~90 eager ops, which the kernel replaces with one call. Large
+    # batches take it too where torch has few threads to spread its chunks over (the kernel runs on one).
+    if fits or th.get_num_threads() <= KERNEL_MAX_THREADS_LARGE_BATCH:
         kernel = _kernel_for(means, points)
-        if kernel is None:
+        if kernel is not None:
+            batch_shape = _batch_shape(params, features)
+            return _Plan(max(1, batch_shape.numel()), batch_shape, _records_graph(params), kernel)
+        if fits:
             return None
-        batch_shape = _batch_shape(params, features)
-        return _Plan(max(1, batch_shape.numel()), batch_shape, _records_graph(params), kernel)
     batch_shape = _batch_shape(params, features)
     rows = max(1, int(budget // element_bytes))
     if rows >= batch_shape.numel():
