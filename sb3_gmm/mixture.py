@@ -122,9 +122,7 @@ def mixture_log_prob(
     if kernels is not None:
         if log_stds is None:
             log_stds = stds.log()
-        with_gradient = th.is_grad_enabled() and any(
-            tensor.requires_grad for tensor in (x, log_weights, means, stds, log_stds)
-        )
+        with_gradient = native.records_graph((x, log_weights, means, stds, log_stds))
         return _CompiledLogProb.apply(x, log_weights, means, stds, log_stds, kernels, with_gradient)
     return _torch_log_prob(x, log_weights, means, stds, log_stds)
 

@@ -26,6 +26,7 @@ Carlo's per-element points) keep the torch paths. :func:`disabled` switches them
 import contextlib
 import ctypes
 import hashlib
+import itertools
 import os
 import platform
 import shutil
@@ -158,41 +159,31 @@ def quadrature_entropy(
     :param points: ``[n, D]`` shared or ``[K, n, D]`` per component
     :param point_weights: ``[n]``
     :param responsibility_entropy: the integrand (see :mod:`sb3_gmm.entropy.quadrature`)
-    :param distance_cap: :func:`sb3_gmm.entropy._common.max_scaled_distance` of the dtype
+    :param distance_cap: :func:`sb3_gmm.mixture.max_scaled_distance` of the dtype
     :param with_gradient: also return the gradient, as one buffer ``[N, K (2 + 2D)]`` that
         :func:`split_gradient` cuts into the gradients w.r.t. log weights, means, stds and log stds
     """
     n_batch, n_components, dim = means.shape
-    inputs = [_batch_major(tensor) for tensor in (log_weights, means, stds, log_stds)]
+    inputs, strides = _strided(log_weights, means, stds, log_stds)
     points, point_weights = points.contiguous(), point_weights.contiguous()
-    strides = (ctypes.c_int64 * 4)(*(tensor.stride(0) for tensor in inputs))
-    value = means.new_empty(n_batch)
-    buffer = None
-    pointers: List[Optional[int]] = [None] * 4
-    row = n_components * (2 + 2 * dim)
-    if with_gradient:
-        buffer = means.new_empty(n_batch, row)
-        element = buffer.element_size()
-        offsets = (0, n_components, n_components * (1 + dim), n_components * (1 + 2 * dim))
-        pointers = [buffer.data_ptr() + offset * element for offset in offsets]
+    parts = _entropy_parts(n_components, dim)
+    value, buffer, pointers = _outputs(means, n_batch, parts, with_gradient)
     n_points = point_weights.shape[0]
     status = kernels.quadrature_entropy(
         n_batch, n_components, dim, n_points,
         *(tensor.data_ptr() for tensor in inputs), strides,
         points.data_ptr(), n_points * dim if points.dim() == 3 else 0, point_weights.data_ptr(),
         int(responsibility_entropy), distance_cap,
-        value.data_ptr(), *pointers, row,
+        value.data_ptr(), *pointers, sum(parts),
     )  # fmt: skip
-    if status != 0:
-        raise MemoryError(f"the entropy kernel could not allocate its workspace (K = {n_components}, D = {dim})")
+    _check(status, "entropy", n_components, dim)
     return value, buffer
 
 
 def split_gradient(buffer: th.Tensor, n_components: int, dim: int) -> Tuple[th.Tensor, ...]:
     """Views of a gradient buffer ``[..., K (2 + 2D)]``: log weights ``[..., K]``, means and stds ``[..., K, D]``,
     log stds ``[..., K, 1]``."""
-    sizes = [n_components, n_components * dim, n_components * dim, n_components]
-    log_weights, means, stds, log_stds = buffer.split(sizes, dim=-1)
+    log_weights, means, stds, log_stds = buffer.split(_entropy_parts(n_components, dim), dim=-1)
     return (
         log_weights,
         means.unflatten(-1, (n_components, dim)),
@@ -216,29 +207,27 @@ def mixture_log_prob(
     :param kernels: :func:`library` of the inputs' dtype
     :param x: ``[N, D]``; ``log_weights``: ``[N, K]``; ``means``, ``stds``, ``log_stds``: ``[N, K, D]`` (views with
         batch stride 0, e.g. stds shared by the batch, are read in place)
-    :param distance_cap: :func:`sb3_gmm.entropy._common.max_scaled_distance` of the dtype
+    :param distance_cap: :func:`sb3_gmm.mixture.max_scaled_distance` of the dtype
     :param with_gradient: also return the gradient as one buffer ``[N, D + K + 3 K D]`` that
         :func:`split_log_prob_gradient` cuts into the gradients w.r.t. x, log weights, means, stds and log stds
     """
     n_batch, n_components, dim = means.shape
-    inputs = [_batch_major(tensor) for tensor in (x, log_weights, means, stds, log_stds)]
-    strides = (ctypes.c_int64 * 5)(*(tensor.stride(0) for tensor in inputs))
-    value = means.new_empty(n_batch)
-    buffer = None
-    pointers: List[Optional[int]] = [None] * 5
-    row = dim + n_components * (1 + 3 * dim)
-    if with_gradient:
-        buffer = means.new_empty(n_batch, row)
-        element = buffer.element_size()
-        offsets = (0, dim, dim + n_components, dim + n_components * (1 + dim), dim + n_components * (1 + 2 * dim))
-        pointers = [buffer.data_ptr() + offset * element for offset in offsets]
+    inputs, strides = _strided(x, log_weights, means, stds, log_stds)
+    parts = _log_prob_parts(n_components, dim)
+    value, buffer, pointers = _outputs(means, n_batch, parts, with_gradient)
     status = kernels.mixture_log_prob(
         n_batch, n_components, dim, *(tensor.data_ptr() for tensor in inputs), strides, distance_cap, value.data_ptr(),
-        *pointers, row,
+        *pointers, sum(parts),
     )  # fmt: skip
-    if status != 0:
-        raise MemoryError(f"the log-density kernel could not allocate its workspace (K = {n_components}, D = {dim})")
+    _check(status, "log-density", n_components, dim)
     return value, buffer
+
+
+def split_log_prob_gradient(buffer: th.Tensor, n_components: int, dim: int) -> Tuple[th.Tensor, ...]:
+    """Views of a :func:`mixture_log_prob` gradient buffer ``[..., D + K + 3 K D]``: x ``[..., D]``, log weights
+    ``[..., K]``, means, stds and log stds ``[..., K, D]``."""
+    x, log_weights, *component_grads = buffer.split(_log_prob_parts(n_components, dim), dim=-1)
+    return (x, log_weights, *(grad.unflatten(-1, (n_components, dim)) for grad in component_grads))
 
 
 def union_entropy_1d(
@@ -253,7 +242,7 @@ def union_entropy_1d(
     with_gradient: bool,
 ) -> Tuple[th.Tensor, Optional[th.Tensor]]:
     """qmc's 1-D union rule (:func:`sb3_gmm.entropy.quadrature.union_rule_entropy`) ``[N]`` and, with
-    ``with_gradient``, its gradient as one buffer ``[N, 4 K]``: log weights, means, stds, log stds (``[N, K]`` each).
+    ``with_gradient``, its gradient as one buffer ``[N, 4 K]`` that :func:`split_union_gradient` cuts.
 
     :param log_weights: ``[N, K]``; ``means``, ``stds``, ``log_stds``: ``[N, K]`` (D = 1 squeezed; batch stride 0
         allowed)
@@ -261,31 +250,63 @@ def union_entropy_1d(
     :param end: each component's outermost nodes, in its stds
     """
     n_batch, n_components = means.shape
-    inputs = [_batch_major(tensor) for tensor in (log_weights, means, stds, log_stds)]
-    strides = (ctypes.c_int64 * 4)(*(tensor.stride(0) for tensor in inputs))
+    inputs, strides = _strided(log_weights, means, stds, log_stds)
     unit_nodes = unit_nodes.contiguous()
-    value = means.new_empty(n_batch)
-    buffer = None
-    pointers: List[Optional[int]] = [None] * 4
-    if with_gradient:
-        buffer = means.new_empty(n_batch, 4 * n_components)
-        element = buffer.element_size()
-        pointers = [buffer.data_ptr() + part * n_components * element for part in range(4)]
+    parts = _entropy_parts(n_components, 1)
+    value, buffer, pointers = _outputs(means, n_batch, parts, with_gradient)
     status = kernels.union_entropy_1d(
         n_batch, n_components, unit_nodes.numel(), *(tensor.data_ptr() for tensor in inputs), strides,
-        unit_nodes.data_ptr(), end, distance_cap, value.data_ptr(), *pointers, 4 * n_components,
+        unit_nodes.data_ptr(), end, distance_cap, value.data_ptr(), *pointers, sum(parts),
     )  # fmt: skip
-    if status != 0:
-        raise MemoryError(f"the union-rule kernel could not allocate its workspace (K = {n_components})")
+    _check(status, "union-rule", n_components, 1)
     return value, buffer
 
 
-def split_log_prob_gradient(buffer: th.Tensor, n_components: int, dim: int) -> Tuple[th.Tensor, ...]:
-    """Views of a :func:`mixture_log_prob` gradient buffer ``[..., D + K + 3 K D]``: x ``[..., D]``, log weights
-    ``[..., K]``, means, stds and log stds ``[..., K, D]``."""
-    sizes = [dim, n_components, n_components * dim, n_components * dim, n_components * dim]
-    x, log_weights, *component_grads = buffer.split(sizes, dim=-1)
-    return (x, log_weights, *(grad.unflatten(-1, (n_components, dim)) for grad in component_grads))
+def split_union_gradient(buffer: th.Tensor, n_components: int) -> Tuple[th.Tensor, ...]:
+    """Views of a :func:`union_entropy_1d` gradient buffer ``[..., 4 K]``: log weights ``[..., K]``, means, stds and
+    log stds ``[..., K, 1]``."""
+    log_weights, *component_grads = buffer.split(_entropy_parts(n_components, 1), dim=-1)
+    return (log_weights, *(grad.unsqueeze(-1) for grad in component_grads))
+
+
+def records_graph(tensors: Sequence[th.Tensor]) -> bool:
+    """Whether autograd records a graph through ``tensors`` here, i.e. whether a kernel call should also compute
+    the gradient. Read before ``Function.apply``: inside a Function's forward grad mode is always off."""
+    return th.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
+
+
+# The gradient buffers' layouts, one row per batch element, in the order the kernels write them (their pointer
+# arguments) and the split_* functions cut them.
+def _entropy_parts(n_components: int, dim: int) -> Tuple[int, ...]:
+    return (n_components, n_components * dim, n_components * dim, n_components)  # log w, means, stds, log stds
+
+
+def _log_prob_parts(n_components: int, dim: int) -> Tuple[int, ...]:
+    return (dim, n_components, *(n_components * dim,) * 3)  # x, log w, means, stds, log stds
+
+
+def _strided(*tensors: th.Tensor) -> Tuple[List[th.Tensor], Any]:
+    """The inputs laid out for a kernel (:func:`_batch_major`) and their batch strides as a C array."""
+    inputs = [_batch_major(tensor) for tensor in tensors]
+    return inputs, (ctypes.c_int64 * len(inputs))(*(tensor.stride(0) for tensor in inputs))
+
+
+def _outputs(
+    like: th.Tensor, n_batch: int, parts: Sequence[int], with_gradient: bool
+) -> Tuple[th.Tensor, Optional[th.Tensor], List[Optional[int]]]:
+    """The value ``[N]``, and with ``with_gradient`` the gradient buffer ``[N, sum(parts)]`` with a pointer to each
+    part's first column (NULLs without: the kernels then skip the gradient)."""
+    value = like.new_empty(n_batch)
+    if not with_gradient:
+        return value, None, [None] * len(parts)
+    buffer = like.new_empty(n_batch, sum(parts))
+    offsets = itertools.accumulate(parts[:-1], initial=0)
+    return value, buffer, [buffer.data_ptr() + offset * buffer.element_size() for offset in offsets]
+
+
+def _check(status: int, kernel: str, n_components: int, dim: int) -> None:
+    if status != 0:
+        raise MemoryError(f"the {kernel} kernel could not allocate its workspace (K = {n_components}, D = {dim})")
 
 
 def differentiable_gradients(

@@ -339,7 +339,6 @@ def _plan(params: MixtureParams, points: th.Tensor, features: th.Tensor) -> Opti
     n_elements = log_weights.numel() // n_components
     if features.dim() > 3:
         n_elements = max(n_elements, features.numel() // (n_components * n_points * features.shape[-1]))
-    # Inside the Function's forward grad mode is always off, so whether a graph is recorded is read here.
     fits = n_elements * element_bytes <= budget
     # At minibatch sizes the torch path's cost is its ~90 eager ops, which the kernel replaces with one call. Large
     # batches take it too where torch has few threads to spread its chunks over (the kernel runs on one).
@@ -347,14 +346,14 @@ def _plan(params: MixtureParams, points: th.Tensor, features: th.Tensor) -> Opti
         kernel = _kernel_for(means, points)
         if kernel is not None:
             batch_shape = _batch_shape(params, features)
-            return _Plan(max(1, batch_shape.numel()), batch_shape, _records_graph(params), kernel)
+            return _Plan(max(1, batch_shape.numel()), batch_shape, native.records_graph(params), kernel)
         if fits:
             return None
     batch_shape = _batch_shape(params, features)
     rows = max(1, int(budget // element_bytes))
     if rows >= batch_shape.numel():
         return None
-    return _Plan(rows, batch_shape, _records_graph(params))
+    return _Plan(rows, batch_shape, native.records_graph(params))
 
 
 def _kernel_for(means: th.Tensor, points: th.Tensor) -> Any:
@@ -364,18 +363,15 @@ def _kernel_for(means: th.Tensor, points: th.Tensor) -> Any:
     return native.library(means.dtype)
 
 
-def _batch_shape(params: MixtureParams, features: th.Tensor) -> th.Size:
+def _batch_shape(params: MixtureParams, features: Optional[th.Tensor] = None) -> th.Size:
+    """The inputs' broadcast batch shape (without a broadcast where every input already has it)."""
     shapes = [params.log_weights.shape[:-1]] + [tensor.shape[:-2] for tensor in params[1:]]
-    if features.dim() > 3:
+    if features is not None and features.dim() > 3:
         shapes.append(features.shape[:-3])
     first = shapes[0]
     if all(shape == first for shape in shapes):
         return first
     return th.broadcast_shapes(*shapes)
-
-
-def _records_graph(params: MixtureParams) -> bool:
-    return th.is_grad_enabled() and any(tensor.requires_grad for tensor in params)
 
 
 def _flatten_batch(tensor: th.Tensor, batch_shape: th.Size, event_dims: int) -> th.Tensor:
@@ -518,9 +514,7 @@ class _CompiledUnionEntropy(th.autograd.Function):
 
     @staticmethod
     def forward(ctx, log_weights, means, stds, log_stds, unit_nodes, kernels, with_gradient):  # type: ignore[override]
-        batch_shape = th.broadcast_shapes(
-            log_weights.shape[:-1], means.shape[:-2], stds.shape[:-2], log_stds.shape[:-2]
-        )
+        batch_shape = _batch_shape(MixtureParams(log_weights, means, stds, log_stds))
         n_components = means.shape[-2]
         flat = [
             _flatten_batch(tensor, batch_shape, 1)
@@ -545,9 +539,7 @@ class _CompiledUnionEntropy(th.autograd.Function):
             inputs = (log_weights, means, stds, log_stds)
             return native.differentiable_gradients(reference, inputs, ctx.needs_input_grad, grad_output, 7)
         scaled = grad_output.unsqueeze(-1) * ctx.saved_tensors[0]
-        grad_log_weights, grad_means, grad_stds, grad_log_stds = scaled.split(ctx.n_components, dim=-1)
-        component_grads = (grad.unsqueeze(-1) for grad in (grad_means, grad_stds, grad_log_stds))
-        return (grad_log_weights, *component_grads, None, None, None)
+        return (*native.split_union_gradient(scaled, ctx.n_components), None, None, None)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -690,7 +682,7 @@ def union_rule_entropy(params: MixtureParams, unit_nodes: th.Tensor, follow_node
     if follow_nodes and not th.compiler.is_compiling():
         kernels = _kernel_for(params.means, unit_nodes.unsqueeze(-1))
         if kernels is not None and all(tensor.dtype == params.means.dtype for tensor in params):
-            return _CompiledUnionEntropy.apply(*params, unit_nodes, kernels, _records_graph(params))
+            return _CompiledUnionEntropy.apply(*params, unit_nodes, kernels, native.records_graph(params))
     return _torch_union_rule_entropy(params, unit_nodes, follow_nodes)
 
 
