@@ -51,6 +51,21 @@ static REAL not_a_number(void) {
     return (REAL)x;
 }
 
+/* Whether one element's mixture parameters are all usable: log weights [K]; means, stds (> 0), log stds [K D]. */
+static int mixture_usable(const REAL *lw, const REAL *mu, const REAL *s, const REAL *ls, int64_t K, int64_t KD) {
+    int ok = 1;
+    for (int64_t k = 0; k < K; ++k) ok &= usable(lw[k], 0);
+    for (int64_t f = 0; f < KD; ++f) ok &= usable(mu[f], 0) & usable(s[f], 1) & usable(ls[f], 0);
+    return ok;
+}
+
+static void fill_nan(REAL *values, int64_t n) {
+    for (int64_t f = 0; f < n; ++f) values[f] = not_a_number();
+}
+
+/* A distance in std units capped at +-cap (sb3_gmm.mixture.max_scaled_distance): beyond it every density is 0. */
+static inline REAL cap_distance(REAL z, REAL cap) { return z > cap ? cap : (z < -cap ? -cap : z); }
+
 /* Entropy of a D-dimensional Gaussian with unit std: D / 2 * log(2 pi e). */
 #define HALF_LOG_2PI_E 1.4189385332046727
 
@@ -109,9 +124,7 @@ int sb3_gmm_quadrature_entropy(int64_t n_batch, int64_t n_components, int64_t di
             const REAL *s = stds + b * batch_strides[2], *ls = log_stds + b * batch_strides[3];
             /* NaN or inf in (callers that switched validation off) gives NaN out, as the torch path does, instead
              * of whatever the fast-math arithmetic would make of it. The element is computed on harmless inputs. */
-            int ok = 1;
-            for (int64_t i = 0; i < K; ++i) ok &= usable(lw[i], 0);
-            for (int64_t f = 0; f < K * D; ++f) ok &= usable(mu[f], 0) & usable(s[f], 1) & usable(ls[f], 0);
+            const int ok = mixture_usable(lw, mu, s, ls, K, K * D);
             valid[e] = (REAL)ok;
             for (int64_t i = 0; i < K; ++i) {
                 weights[i * BLOCK + e] = ok ? exp(lw[i]) : (REAL)1 / (REAL)K;
@@ -127,7 +140,7 @@ int sb3_gmm_quadrature_entropy(int64_t n_batch, int64_t n_components, int64_t di
                     for (int64_t d = 0; d < D; ++d) {
                         const REAL inv_std_j = 1 / s[j * D + d];
                         REAL z = (mu[i * D + d] - mu[j * D + d]) * inv_std_j;
-                        z = z > distance_cap ? distance_cap : (z < -distance_cap ? -distance_cap : z);
+                        z = cap_distance(z, distance_cap);
                         const REAL r = s[i * D + d] * inv_std_j;
                         block_coef[((i * K + j) * F + d) * BLOCK + e] = -z * r;
                         block_coef[((i * K + j) * F + D + d) * BLOCK + e] = (REAL)0.5 - (REAL)0.5 * r * r;
@@ -218,14 +231,12 @@ int sb3_gmm_quadrature_entropy(int64_t n_batch, int64_t n_components, int64_t di
             const int64_t b = start + e;
             if (valid[e] == 0) {
                 value[b] = not_a_number();
-                if (with_gradient)
-                    for (int64_t k = 0; k < K; ++k) {
-                        grad_log_weights[b * grad_batch_stride + k] = grad_log_stds[b * grad_batch_stride + k] =
-                            not_a_number();
-                        for (int64_t d = 0; d < D; ++d)
-                            grad_means[b * grad_batch_stride + k * D + d] =
-                                grad_stds[b * grad_batch_stride + k * D + d] = not_a_number();
-                    }
+                if (with_gradient) {
+                    fill_nan(grad_log_weights + b * grad_batch_stride, K);
+                    fill_nan(grad_means + b * grad_batch_stride, K * D);
+                    fill_nan(grad_stds + b * grad_batch_stride, K * D);
+                    fill_nan(grad_log_stds + b * grad_batch_stride, K);
+                }
                 continue;
             }
             const REAL *lw = log_weights + b * batch_strides[0], *mu = means + b * batch_strides[1];
@@ -264,7 +275,7 @@ int sb3_gmm_quadrature_entropy(int64_t n_batch, int64_t n_components, int64_t di
                     for (int64_t d = 0; d < D; ++d) {
                         const REAL inv_std_j = 1 / s[j * D + d];
                         REAL z = (mu[i * D + d] - mu[j * D + d]) * inv_std_j;
-                        z = z > distance_cap ? distance_cap : (z < -distance_cap ? -distance_cap : z);
+                        z = cap_distance(z, distance_cap);
                         const REAL r = s[i * D + d] * inv_std_j;
                         const REAL grad_scaled = -grad_constant * z - gc[d] * r;
                         const REAL grad_ratio = -gc[d] * z - gc[D + d] * r;
@@ -307,18 +318,16 @@ int sb3_gmm_mixture_log_prob(int64_t n_batch, int64_t n_components, int64_t dim,
         const REAL *xb = x + b * batch_strides[0], *lw = log_weights + b * batch_strides[1];
         const REAL *mu = means + b * batch_strides[2], *s = stds + b * batch_strides[3];
         const REAL *ls = log_stds + b * batch_strides[4];
-        int ok = 1;
+        int ok = mixture_usable(lw, mu, s, ls, K, K * D);
         for (int64_t d = 0; d < D; ++d) ok &= usable(xb[d], 0);
-        for (int64_t k = 0; k < K; ++k) ok &= usable(lw[k], 0);
-        for (int64_t f = 0; f < K * D; ++f) ok &= usable(mu[f], 0) & usable(s[f], 1) & usable(ls[f], 0);
         if (!ok) {
             value[b] = not_a_number();
             if (with_gradient) {
-                for (int64_t d = 0; d < D; ++d) grad_x[b * grad_batch_stride + d] = not_a_number();
-                for (int64_t k = 0; k < K; ++k) grad_log_weights[b * grad_batch_stride + k] = not_a_number();
-                for (int64_t f = 0; f < K * D; ++f)
-                    grad_means[b * grad_batch_stride + f] = grad_stds[b * grad_batch_stride + f] =
-                        grad_log_stds[b * grad_batch_stride + f] = not_a_number();
+                fill_nan(grad_x + b * grad_batch_stride, D);
+                fill_nan(grad_log_weights + b * grad_batch_stride, K);
+                fill_nan(grad_means + b * grad_batch_stride, K * D);
+                fill_nan(grad_stds + b * grad_batch_stride, K * D);
+                fill_nan(grad_log_stds + b * grad_batch_stride, K * D);
             }
             continue;
         }
@@ -327,7 +336,7 @@ int sb3_gmm_mixture_log_prob(int64_t n_batch, int64_t n_components, int64_t dim,
             REAL total = lw[k];
             for (int64_t d = 0; d < D; ++d) {
                 REAL z = (xb[d] - mu[k * D + d]) / s[k * D + d];
-                z = z > distance_cap ? distance_cap : (z < -distance_cap ? -distance_cap : z);
+                z = cap_distance(z, distance_cap);
                 scaled[k * D + d] = z;
                 total -= ls[k * D + d] + half_log_2pi + (REAL)0.5 * z * z;
             }
@@ -419,12 +428,14 @@ int sb3_gmm_union_entropy_1d(int64_t n_batch, int64_t n_components, int64_t n_po
             g_s = grad_stds + b * grad_batch_stride;
             g_ls = grad_log_stds + b * grad_batch_stride;
         }
-        int ok = 1;
-        for (int64_t k = 0; k < K; ++k) ok &= usable(lw[k], 0) & usable(mu[k], 0) & usable(s[k], 1) & usable(ls[k], 0);
-        if (!ok) {
+        if (!mixture_usable(lw, mu, s, ls, K, K)) {
             value[b] = not_a_number();
-            if (with_gradient)
-                for (int64_t k = 0; k < K; ++k) g_lw[k] = g_mu[k] = g_s[k] = g_ls[k] = not_a_number();
+            if (with_gradient) {
+                fill_nan(g_lw, K);
+                fill_nan(g_mu, K);
+                fill_nan(g_s, K);
+                fill_nan(g_ls, K);
+            }
             continue;
         }
         /* K-way merge of the components' sorted lists; source = j * (n + 2) + list position. */
@@ -463,8 +474,7 @@ int sb3_gmm_union_entropy_1d(int64_t n_batch, int64_t n_components, int64_t n_po
             REAL *restrict z = scaled + k * M, *restrict l = joint + k * M;
             const REAL inv_std = 1 / s[k], offset = lw[k] - ls[k];
             for (int64_t m = 0; m < M; ++m) {
-                REAL value_z = (nodes[m] - mu[k]) * inv_std;
-                value_z = value_z > distance_cap ? distance_cap : (value_z < -distance_cap ? -distance_cap : value_z);
+                const REAL value_z = cap_distance((nodes[m] - mu[k]) * inv_std, distance_cap);
                 z[m] = value_z;
                 l[m] = offset - (REAL)0.5 * value_z * value_z;
             }
