@@ -95,6 +95,21 @@ CASES = [
     ("qmc", {"n_points": 16}, 8, 3),
     ("sigma_points", {"degree": 5}, 2, 3),
 ]
+FLOAT64_TOLERANCE = dict(rtol=1e-10, atol=1e-12)
+
+
+def _assert_kernel_equals_torch(monkeypatch, calls, compute, batch_shape, float32_tolerance, dtype):
+    """``compute()`` (value and gradients) through the kernel, which must run once per batch, then through the torch
+    path, which must not call it: equal up to rounding."""
+    got = compute()
+    assert calls == [th.Size(batch_shape).numel()]
+    monkeypatch.setattr(native, "library", lambda dtype: None)
+    expected = compute()
+    assert calls == [th.Size(batch_shape).numel()]  # the second run was torch's
+    tolerance = FLOAT64_TOLERANCE if dtype == th.float64 else float32_tolerance
+    for value, reference in zip(got, expected):
+        assert value.shape == reference.shape
+        th.testing.assert_close(value, reference, **tolerance)
 
 
 @needs_kernel
@@ -112,15 +127,10 @@ def test_kernel_builds_where_a_compiler_is_present(monkeypatch, fresh_native, tm
 def test_kernel_equals_the_torch_path(
     monkeypatch, fresh_native, kernel_calls, dtype, batch_shape, method, options, n_components, dim
 ):
-    got = _value_and_grads(method, options, batch_shape, n_components, dim, dtype)
-    assert kernel_calls == [th.Size(batch_shape).numel()]
-    monkeypatch.setattr(native, "library", lambda dtype: None)
-    expected = _value_and_grads(method, options, batch_shape, n_components, dim, dtype)
-    assert kernel_calls == [th.Size(batch_shape).numel()]  # the second run was torch's
-    tolerance = dict(rtol=1e-10, atol=1e-12) if dtype == th.float64 else dict(rtol=2e-5, atol=2e-5)
-    for value, reference in zip(got, expected):
-        assert value.shape == reference.shape
-        th.testing.assert_close(value, reference, **tolerance)
+    def compute():
+        return _value_and_grads(method, options, batch_shape, n_components, dim, dtype)
+
+    _assert_kernel_equals_torch(monkeypatch, kernel_calls, compute, batch_shape, dict(rtol=2e-5, atol=2e-5), dtype)
 
 
 @needs_kernel
@@ -274,16 +284,11 @@ def _log_prob_and_grads(batch_shape, n_components: int, dim: int, dtype: th.dtyp
 def test_log_prob_kernel_equals_the_torch_formula(
     monkeypatch, fresh_native, log_prob_calls, dtype, batch_shape, n_components, dim, shared_std
 ):
-    got = _log_prob_and_grads(batch_shape, n_components, dim, dtype, shared_std)
-    assert log_prob_calls == [th.Size(batch_shape).numel()]
-    monkeypatch.setattr(native, "library", lambda dtype: None)
-    expected = _log_prob_and_grads(batch_shape, n_components, dim, dtype, shared_std)
-    assert log_prob_calls == [th.Size(batch_shape).numel()]
+    def compute():
+        return _log_prob_and_grads(batch_shape, n_components, dim, dtype, shared_std)
+
     # float32: the x gradient sums r_k z_k / s_k over components, which cancel; rounding differs at ~1e-4 there.
-    tolerance = dict(rtol=1e-10, atol=1e-12) if dtype == th.float64 else dict(rtol=1e-4, atol=1e-4)
-    for value, reference in zip(got, expected):
-        assert value.shape == reference.shape
-        th.testing.assert_close(value, reference, **tolerance)
+    _assert_kernel_equals_torch(monkeypatch, log_prob_calls, compute, batch_shape, dict(rtol=1e-4, atol=1e-4), dtype)
 
 
 @needs_kernel
@@ -323,16 +328,10 @@ def test_log_prob_kernel_nan_in_nan_out_and_layouts_it_does_not_take(fresh_nativ
 @pytest.mark.parametrize("batch_shape", [(7,), (3, 5)])
 @pytest.mark.parametrize("n_components", [2, 4, 8])
 def test_union_kernel_equals_the_torch_path(monkeypatch, fresh_native, union_calls, dtype, batch_shape, n_components):
-    options = dict(rule_1d="union")
-    got = _value_and_grads("qmc", options, batch_shape, n_components, 1, dtype)
-    assert union_calls == [th.Size(batch_shape).numel()]
-    monkeypatch.setattr(native, "library", lambda dtype: None)
-    expected = _value_and_grads("qmc", options, batch_shape, n_components, 1, dtype)
-    assert union_calls == [th.Size(batch_shape).numel()]
-    tolerance = dict(rtol=1e-10, atol=1e-12) if dtype == th.float64 else dict(rtol=1e-4, atol=1e-4)
-    for value, reference in zip(got, expected):
-        assert value.shape == reference.shape
-        th.testing.assert_close(value, reference, **tolerance)
+    def compute():
+        return _value_and_grads("qmc", dict(rule_1d="union"), batch_shape, n_components, 1, dtype)
+
+    _assert_kernel_equals_torch(monkeypatch, union_calls, compute, batch_shape, dict(rtol=1e-4, atol=1e-4), dtype)
 
 
 @needs_kernel
