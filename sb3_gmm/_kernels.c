@@ -549,3 +549,184 @@ int sb3_gmm_union_entropy_1d(int64_t n_batch, int64_t n_components, int64_t n_po
     free(source);
     return 0;
 }
+
+/* ------------------------------------------------------------------------------------------------------------------
+ * A policy head's mixture in one call (sb3_gmm.distributions.GMMDistribution). PPO's minibatch asks for log p(a) and
+ * the entropy of the same batch; through the kernels above that is the binding's ~8 recorded torch ops, two autograd
+ * Functions and two calls, whose bookkeeping costs several times their arithmetic at minibatch sizes. Here the head's
+ * raw outputs go in and both values with their derivatives w.r.t. those outputs come out.
+ *
+ * The head: per element, logits [K], means [K, D] and, without a shared parameter, raw log stds [K, D], contiguous,
+ * element b starting head_stride * b after head. shared_log_std [K, D] (NULL: the log stds are in the head) is the
+ * state-independent parameter. The binding is GMMDistribution.proba_distribution's: log weights = log_softmax(logits),
+ * log stds = soft_clamp(raw, low, high, margin) (margin already clipped to half the interval), stds = exp(log stds).
+ * ------------------------------------------------------------------------------------------------------------------ */
+
+/* soft_clamp of sb3_gmm.distributions and its derivative (exactly 1 inside the bounds, as there). */
+static inline REAL soft_clamp_value(REAL raw, REAL low, REAL high, REAL margin, REAL *slope) {
+    const REAL inner_low = low + margin, inner_high = high - margin;
+    if (raw > inner_high) {
+        const REAL decay = exp(-(raw - inner_high) / margin);
+        *slope = decay;
+        return high - margin * decay;
+    }
+    if (raw < inner_low) {
+        const REAL decay = exp(-(inner_low - raw) / margin);
+        *slope = decay;
+        return low + margin * decay;
+    }
+    *slope = 1;
+    return raw;
+}
+
+/* One element's log weights (NaN where any of its parameters is unusable, which the kernels above turn into NaN
+ * values and gradients) and, for log stds in the head, its log stds, stds and clamp slopes [K, D]. */
+static void bind_element(const REAL *row, int64_t K, int64_t D, int head_log_stds, REAL low, REAL high, REAL margin,
+                         REAL *lw, REAL *ls, REAL *s, REAL *slope) {
+    int ok = 1;
+    const int64_t n_params = K * (1 + (head_log_stds ? 2 : 1) * D);
+    for (int64_t f = 0; f < n_params; ++f) ok &= usable(row[f], 0);
+    if (!ok) {
+        fill_nan(lw, K);
+        return;
+    }
+    REAL largest = row[0];
+    for (int64_t k = 1; k < K; ++k) largest = row[k] > largest ? row[k] : largest;
+    REAL total = 0;
+    for (int64_t k = 0; k < K; ++k) total += exp(row[k] - largest);
+    const REAL log_total = largest + log(total);
+    for (int64_t k = 0; k < K; ++k) lw[k] = row[k] - log_total;
+    if (!head_log_stds) return;
+    const REAL *raw = row + K + K * D;
+    for (int64_t f = 0; f < K * D; ++f) {
+        ls[f] = soft_clamp_value(raw[f], low, high, margin, &slope[f]);
+        s[f] = exp(ls[f]);
+    }
+}
+
+/* The shared [K, D] log-std parameter's log stds, stds and clamp slopes, bound once for the batch (all NaN if any
+ * entry is unusable). */
+static void bind_shared(const REAL *raw, int64_t KD, REAL low, REAL high, REAL margin, REAL *ls, REAL *s, REAL *slope) {
+    int ok = 1;
+    for (int64_t f = 0; f < KD; ++f) ok &= usable(raw[f], 0);
+    for (int64_t f = 0; f < KD; ++f) {
+        if (!ok) {
+            ls[f] = s[f] = slope[f] = not_a_number();
+            continue;
+        }
+        ls[f] = soft_clamp_value(raw[f], low, high, margin, &slope[f]);
+        s[f] = exp(ls[f]);
+    }
+}
+
+/* The chain rule from the kernels' gradients (log weights [K], means / stds [K, D], log stds [K, D] or, with
+ * ls_per_component, [K] summed over D) to the head's outputs: logits [K], means [K, D], raw log stds [K, D]. */
+static void chain_to_head(const REAL *g_lw, const REAL *g_mu, const REAL *g_s, const REAL *g_ls, int ls_per_component,
+                          const REAL *lw, const REAL *s, const REAL *slope, int64_t K, int64_t D, REAL *out) {
+    REAL g_total = 0;
+    for (int64_t k = 0; k < K; ++k) g_total += g_lw[k];
+    for (int64_t k = 0; k < K; ++k) out[k] = g_lw[k] - exp(lw[k]) * g_total; /* through log_softmax */
+    for (int64_t f = 0; f < K * D; ++f) out[K + f] = g_mu[f];
+    for (int64_t k = 0; k < K; ++k)
+        for (int64_t d = 0; d < D; ++d) {
+            const int64_t f = k * D + d;
+            const REAL through_log_std = ls_per_component ? g_ls[k] : g_ls[f];
+            out[K + K * D + f] = (through_log_std + g_s[f] * s[f]) * slope[f]; /* s = exp(ls), ls = clamp(raw) */
+        }
+}
+
+/*
+ * log p(actions) [B] and (entropy not NULL) the quadrature entropy [B] (points as for sb3_gmm_quadrature_entropy),
+ * and with grad_log_prob not NULL their derivatives w.r.t. the head: rows of K + 2 K D (logits, means, raw log stds;
+ * with a shared parameter the last K D are this element's part of its gradient, which the caller sums over the
+ * batch), at grad_stride per element; grad_entropy likewise when entropy is not NULL.
+ * Returns 0, or 1 when memory for the workspace could not be allocated.
+ */
+int sb3_gmm_head_evaluate(int64_t n_batch, int64_t n_components, int64_t dim, const REAL *head, int64_t head_stride,
+                          const REAL *shared_log_std, const REAL *actions, int64_t action_stride, REAL low, REAL high,
+                          REAL margin, int64_t n_points, const REAL *points, int64_t point_component_stride,
+                          const REAL *point_weights, int32_t responsibility_entropy, REAL distance_cap,
+                          REAL *log_prob, REAL *entropy, REAL *grad_log_prob, REAL *grad_entropy, int64_t grad_stride) {
+    const int64_t K = n_components, D = dim, KD = K * D;
+    const int head_log_stds = shared_log_std == NULL;
+    const int with_gradient = grad_log_prob != NULL;
+    const int64_t std_rows = head_log_stds ? n_batch : 1; /* a shared parameter is bound once */
+    const int64_t lp_width = D + K + 3 * KD, ent_width = K * (2 + 2 * D);
+    int64_t size = n_batch * K + 3 * std_rows * KD;
+    if (with_gradient) size += n_batch * (lp_width + (entropy != NULL ? ent_width : 0));
+    REAL *work = (REAL *)malloc((size_t)size * sizeof(REAL));
+    if (work == NULL) return 1;
+    REAL *lw = work, *ls = lw + n_batch * K, *s = ls + std_rows * KD, *slope = s + std_rows * KD;
+    REAL *lp_grad = slope + std_rows * KD, *ent_grad = lp_grad + (with_gradient ? n_batch * lp_width : 0);
+    if (!head_log_stds) bind_shared(shared_log_std, KD, low, high, margin, ls, s, slope);
+    for (int64_t b = 0; b < n_batch; ++b)
+        bind_element(head + b * head_stride, K, D, head_log_stds, low, high, margin, lw + b * K, ls + b * KD,
+                     s + b * KD, slope + b * KD);
+    const int64_t std_stride = head_log_stds ? KD : 0;
+    const int64_t lp_strides[5] = {action_stride, K, head_stride, std_stride, std_stride};
+    REAL *g = with_gradient ? lp_grad : NULL;
+    int status = sb3_gmm_mixture_log_prob(n_batch, K, D, actions, lw, head + K, s, ls, lp_strides, distance_cap,
+                                          log_prob, g, g ? g + D : NULL, g ? g + D + K : NULL,
+                                          g ? g + D + K + KD : NULL, g ? g + D + K + 2 * KD : NULL, lp_width);
+    if (status == 0 && entropy != NULL) {
+        const int64_t ent_strides[4] = {K, head_stride, std_stride, std_stride};
+        REAL *e = with_gradient ? ent_grad : NULL;
+        status = sb3_gmm_quadrature_entropy(n_batch, K, D, n_points, lw, head + K, s, ls, ent_strides, points,
+                                            point_component_stride, point_weights, responsibility_entropy,
+                                            distance_cap, entropy, e, e ? e + K : NULL, e ? e + K + KD : NULL,
+                                            e ? e + K + 2 * KD : NULL, ent_width);
+    }
+    if (status == 0 && with_gradient)
+        for (int64_t b = 0; b < n_batch; ++b) {
+            const REAL *lw_b = lw + b * K, *s_b = s + b * std_stride, *slope_b = slope + b * std_stride;
+            const REAL *lp = lp_grad + b * lp_width;
+            chain_to_head(lp + D, lp + D + K, lp + D + K + KD, lp + D + K + 2 * KD, 0, lw_b, s_b, slope_b, K, D,
+                          grad_log_prob + b * grad_stride);
+            if (entropy == NULL) continue;
+            const REAL *ent = ent_grad + b * ent_width;
+            chain_to_head(ent, ent + K, ent + K + KD, ent + K + 2 * KD, 1, lw_b, s_b, slope_b, K, D,
+                          grad_entropy + b * grad_stride);
+        }
+    free(work);
+    return status;
+}
+
+/*
+ * The rollout's draw and its log density in one call: per element the component argmax_k(logits_k - noise_k), with
+ * noise [B, K] the log of Exp(1) draws (minus Gumbel noise: an exact draw from the weights), then
+ * actions = mean + std * normal (normal [B, D] standard-normal noise), then log p(actions) [B]: GMMDistribution.sample
+ * and log_prob on the same noise. Head layout and binding as sb3_gmm_head_evaluate. Returns 0, or 1 when the
+ * workspace could not be allocated.
+ */
+int sb3_gmm_head_sample(int64_t n_batch, int64_t n_components, int64_t dim, const REAL *head, int64_t head_stride,
+                        const REAL *shared_log_std, REAL low, REAL high, REAL margin, const REAL *log_exponential,
+                        const REAL *normal, REAL distance_cap, REAL *actions, REAL *log_prob) {
+    const int64_t K = n_components, D = dim, KD = K * D;
+    const int head_log_stds = shared_log_std == NULL;
+    const int64_t std_rows = head_log_stds ? n_batch : 1;
+    REAL *work = (REAL *)malloc((size_t)(n_batch * K + 3 * std_rows * KD) * sizeof(REAL));
+    if (work == NULL) return 1;
+    REAL *lw = work, *ls = lw + n_batch * K, *s = ls + std_rows * KD, *slope = s + std_rows * KD;
+    if (!head_log_stds) bind_shared(shared_log_std, KD, low, high, margin, ls, s, slope);
+    const int64_t std_stride = head_log_stds ? KD : 0;
+    for (int64_t b = 0; b < n_batch; ++b) {
+        const REAL *row = head + b * head_stride;
+        bind_element(row, K, D, head_log_stds, low, high, margin, lw + b * K, ls + b * KD, s + b * KD,
+                     slope + b * KD);
+        /* The first largest, as torch.argmax; NaN logits leave component 0, and the NaN log density reports them. */
+        const REAL *noise = log_exponential + b * K;
+        int64_t chosen = 0;
+        REAL best = row[0] - noise[0];
+        for (int64_t k = 1; k < K; ++k) {
+            const REAL key = row[k] - noise[k];
+            if (key > best) best = key, chosen = k;
+        }
+        const REAL *mu = row + K + chosen * D, *s_b = s + b * std_stride + chosen * D;
+        for (int64_t d = 0; d < D; ++d) actions[b * D + d] = mu[d] + s_b[d] * normal[b * D + d];
+    }
+    const int64_t strides[5] = {D, K, head_stride, std_stride, std_stride};
+    const int status = sb3_gmm_mixture_log_prob(n_batch, K, D, actions, lw, head + K, s, ls, strides, distance_cap,
+                                                log_prob, NULL, NULL, NULL, NULL, NULL, 0);
+    free(work);
+    return status;
+}

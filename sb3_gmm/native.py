@@ -60,6 +60,8 @@ class Kernels(NamedTuple):
     quadrature_entropy: Any
     mixture_log_prob: Any
     union_entropy_1d: Any
+    head_evaluate: Any
+    head_sample: Any
 
 
 _lock = threading.Lock()
@@ -267,6 +269,106 @@ def split_union_gradient(buffer: th.Tensor, n_components: int) -> Tuple[th.Tenso
     log stds ``[..., K, 1]``."""
     log_weights, *component_grads = buffer.split(_entropy_parts(n_components, 1), dim=-1)
     return (log_weights, *(grad.unsqueeze(-1) for grad in component_grads))
+
+
+class LogStdBounds(NamedTuple):
+    """The soft clamp of the log stds (:func:`sb3_gmm.distributions.soft_clamp`): bounds and the saturating margin,
+    already clipped to half the interval."""
+
+    low: float
+    high: float
+    margin: float
+
+
+def head_evaluate(
+    kernels: Kernels,
+    head: th.Tensor,
+    shared_log_std: Optional[th.Tensor],
+    actions: th.Tensor,
+    bounds: LogStdBounds,
+    rule: Optional[Tuple[th.Tensor, th.Tensor, bool]],
+    distance_cap: float,
+    with_gradient: bool,
+) -> Tuple[th.Tensor, Optional[th.Tensor], Optional[th.Tensor]]:
+    """``log p(actions)`` ``[N]``, the entropy estimate ``[N]`` (None without a rule) and, with ``with_gradient``,
+    both values' gradients w.r.t. the head for an incoming gradient of one, as one buffer ``[N, 1 or 2, K + 2 K D]``.
+
+    :param kernels: :func:`library` of the inputs' dtype
+    :param head: the policy head's outputs ``[N, K + K D (+ K D)]``: logits, means, raw log stds in the head
+    :param shared_log_std: the state-independent ``[K, D]`` raw log stds, or None (they are in the head). Their
+        gradient columns (the last ``K D``) are per element; the caller sums them over the batch
+    :param actions: ``[N, D]``
+    :param bounds: the log stds' soft clamp
+    :param rule: the entropy's points ``[n, D]`` or ``[K, n, D]``, weights ``[n]`` and integrand
+        (:class:`sb3_gmm.entropy.quadrature.PointRule`), or None for the log density alone
+    :param distance_cap: :func:`sb3_gmm.mixture.max_scaled_distance` of the dtype
+    :param with_gradient: also return the gradient buffer
+    """
+    n_batch, dim = actions.shape
+    n_components = head.shape[1] // (1 + 2 * dim) if shared_log_std is None else shared_log_std.shape[0]
+    head, actions = _batch_major(head), _batch_major(actions)
+    width = n_components * (1 + 2 * dim)
+    n_values = 1 if rule is None else 2
+    values = head.new_empty(n_values, n_batch)
+    buffer = head.new_empty(n_batch, n_values, width) if with_gradient else None
+    # Without a rule: no points (NULL), no entropy, and the gradient buffer holds the log density's part alone.
+    n_points, points_pointer, component_stride, weights_pointer, responsibility_entropy = 0, None, 0, None, True
+    if rule is not None:
+        points, point_weights, responsibility_entropy = rule
+        points, point_weights = points.contiguous(), point_weights.contiguous()
+        n_points, points_pointer, weights_pointer = point_weights.shape[0], points.data_ptr(), point_weights.data_ptr()
+        component_stride = 0 if points.dim() == 2 else points.shape[-2] * dim
+    if shared_log_std is not None:
+        shared_log_std = shared_log_std.contiguous()  # kept referenced until the call returns
+    shared_pointer = None if shared_log_std is None else shared_log_std.data_ptr()
+    entropy_pointer = None if rule is None else values[1].data_ptr()
+    grad_pointers = [None, None]
+    if buffer is not None:
+        grad_pointers[:n_values] = [buffer[0, index].data_ptr() for index in range(n_values)]
+    status = kernels.head_evaluate(
+        n_batch, n_components, dim, head.data_ptr(), head.stride(0), shared_pointer, actions.data_ptr(),
+        actions.stride(0), *bounds, n_points, points_pointer, component_stride, weights_pointer,
+        int(responsibility_entropy), distance_cap, values.data_ptr(), entropy_pointer, *grad_pointers,
+        n_values * width,
+    )  # fmt: skip
+    _check(status, "head", n_components, dim)
+    return values[0], None if rule is None else values[1], buffer
+
+
+def head_sample(
+    kernels: Kernels,
+    head: th.Tensor,
+    shared_log_std: Optional[th.Tensor],
+    bounds: LogStdBounds,
+    log_exponential: th.Tensor,
+    normal: th.Tensor,
+    distance_cap: float,
+) -> Tuple[th.Tensor, th.Tensor]:
+    """Actions ``[N, D]`` drawn with the given noise and their log densities ``[N]`` (no gradient).
+
+    :param kernels: :func:`library` of the inputs' dtype
+    :param head: the policy head's outputs ``[N, K + K D (+ K D)]``
+    :param shared_log_std: the state-independent ``[K, D]`` raw log stds, or None (they are in the head)
+    :param bounds: the log stds' soft clamp
+    :param log_exponential: ``[N, K]`` logs of Exp(1) draws (the component is argmax of logits minus these)
+    :param normal: ``[N, D]`` standard-normal draws
+    :param distance_cap: :func:`sb3_gmm.mixture.max_scaled_distance` of the dtype
+    """
+    n_batch, dim = normal.shape
+    n_components = log_exponential.shape[1]
+    head = _batch_major(head)
+    log_exponential, normal = log_exponential.contiguous(), normal.contiguous()
+    if shared_log_std is not None:
+        shared_log_std = shared_log_std.contiguous()  # kept referenced until the call returns
+    actions = head.new_empty(n_batch, dim)
+    log_prob = head.new_empty(n_batch)
+    status = kernels.head_sample(
+        n_batch, n_components, dim, head.data_ptr(), head.stride(0),
+        None if shared_log_std is None else shared_log_std.data_ptr(), *bounds, log_exponential.data_ptr(),
+        normal.data_ptr(), distance_cap, actions.data_ptr(), log_prob.data_ptr(),
+    )  # fmt: skip
+    _check(status, "sampling", n_components, dim)
+    return actions, log_prob
 
 
 def records_graph(tensors: Sequence[th.Tensor]) -> bool:
@@ -477,4 +579,22 @@ def _load(dtype: th.dtype) -> Kernels:
         pointer, pointer, pointer, pointer, pointer, size,  # value, gradients (NULL: none), their batch stride
     ]  # fmt: skip
     union.restype = ctypes.c_int
-    return Kernels(entropy, log_prob, union)
+    head_evaluate = loaded.sb3_gmm_head_evaluate
+    head_evaluate.argtypes = [
+        size, size, size,  # batch, components, dim
+        pointer, size, pointer, pointer, size,  # head, its batch stride, shared log std (NULL: none), actions, stride
+        ctype, ctype, ctype,  # log-std bounds and soft margin
+        size, pointer, size, pointer, ctypes.c_int32,  # points, their component stride, weights, integrand
+        ctype,  # distance cap
+        pointer, pointer, pointer, pointer, size,  # log_prob, entropy (NULL: none), their gradients, the stride
+    ]  # fmt: skip
+    head_evaluate.restype = ctypes.c_int
+    head_sample = loaded.sb3_gmm_head_sample
+    head_sample.argtypes = [
+        size, size, size, pointer, size, pointer,  # batch, components, dim, head, its stride, shared log std
+        ctype, ctype, ctype,  # log-std bounds and soft margin
+        pointer, pointer, ctype,  # log Exp(1) noise [B, K], normal noise [B, D], distance cap
+        pointer, pointer,  # actions [B, D], log_prob [B]
+    ]  # fmt: skip
+    head_sample.restype = ctypes.c_int
+    return Kernels(entropy, log_prob, union, head_evaluate, head_sample)

@@ -326,31 +326,42 @@ class _Plan(NamedTuple):
     kernel: Any = None
 
 
+def fits_budget(n_elements: int, n_components: int, n_points: int, element_size: int, on_cpu: bool = True) -> bool:
+    """Whether a batch's ``[batch, K, K, n]`` intermediate fits :data:`CHUNK_BYTES` (:data:`GPU_CHUNK_BYTES` off the
+    CPU), i.e. whether the torch path would take it in one pass."""
+    budget = CHUNK_BYTES if on_cpu else GPU_CHUNK_BYTES
+    return n_elements * n_components * n_components * n_points * element_size <= budget
+
+
+def kernel_preferred(n_elements: int, n_components: int, n_points: int, element_size: int) -> bool:
+    """Whether the compiled kernel (one thread) should take a CPU batch: at minibatch sizes the torch path's cost is
+    its ~90 eager ops, which the kernel replaces with one call; large batches take it too where torch has few
+    threads to spread its chunks over (:data:`KERNEL_MAX_THREADS_LARGE_BATCH`)."""
+    fits = fits_budget(n_elements, n_components, n_points, element_size)
+    return fits or th.get_num_threads() <= KERNEL_MAX_THREADS_LARGE_BATCH
+
+
 def _plan(params: MixtureParams, points: th.Tensor, features: th.Tensor) -> Optional[_Plan]:
     """The compiled kernel for a batch whose ``[..., K, K, n]`` intermediate fits the budget, where it is available;
     else None (one torch pass) for such a batch, and chunks of the budget's size for a larger one."""
     log_weights, means = params.log_weights, params.means
     n_components = log_weights.shape[-1]
     n_points = features.shape[-2]
-    element_bytes = n_components * n_components * n_points * means.element_size()
-    budget = CHUNK_BYTES if means.is_cpu else GPU_CHUNK_BYTES
     # The batch size from element counts (a few hundred nanoseconds, paid by every PPO minibatch); the exact
     # broadcast shape only for a batch that may be cut.
     n_elements = log_weights.numel() // n_components
     if features.dim() > 3:
         n_elements = max(n_elements, features.numel() // (n_components * n_points * features.shape[-1]))
-    fits = n_elements * element_bytes <= budget
-    # At minibatch sizes the torch path's cost is its ~90 eager ops, which the kernel replaces with one call. Large
-    # batches take it too where torch has few threads to spread its chunks over (the kernel runs on one).
-    if fits or th.get_num_threads() <= KERNEL_MAX_THREADS_LARGE_BATCH:
-        kernel = _kernel_for(means, points)
+    if kernel_preferred(n_elements, n_components, n_points, means.element_size()):
+        kernel = _kernel_for(means, points)  # None off the CPU
         if kernel is not None:
             batch_shape = _batch_shape(params, features)
             return _Plan(max(1, batch_shape.numel()), batch_shape, native.records_graph(params), kernel)
-        if fits:
-            return None
+    if fits_budget(n_elements, n_components, n_points, means.element_size(), means.is_cpu):
+        return None
     batch_shape = _batch_shape(params, features)
-    rows = max(1, int(budget // element_bytes))
+    budget = CHUNK_BYTES if means.is_cpu else GPU_CHUNK_BYTES
+    rows = max(1, int(budget // (n_components * n_components * n_points * means.element_size())))
     if rows >= batch_shape.numel():
         return None
     return _Plan(rows, batch_shape, native.records_graph(params))
@@ -550,6 +561,19 @@ def _as_input(tensor: th.Tensor, like: th.Tensor) -> th.Tensor:
     return tensor.to(dtype=like.dtype, device=like.device)
 
 
+class PointRule(NamedTuple):
+    """The standard-normal points an estimate averages over, as the compiled kernels take them.
+
+    :param points: ``[n, D]`` shared by every component, or ``[K, n, D]`` per component
+    :param point_weights: ``[n]``, summing to one
+    :param responsibility_entropy: the integrand (see the module docstring)
+    """
+
+    points: th.Tensor
+    point_weights: th.Tensor
+    responsibility_entropy: bool
+
+
 @lru_cache(maxsize=128)
 def _qmc_rule(
     n_components: int, dim: int, n_points: int, seed: int, dtype: th.dtype, device: th.device
@@ -619,6 +643,23 @@ def monte_carlo(
     )
 
 
+def _qmc_point_rule(
+    n_components: int,
+    dim: int,
+    dtype: th.dtype,
+    device: th.device,
+    n_points: int = 64,
+    seed: int = 0,
+    integrand: str = INTEGRANDS[0],
+    fused: bool = True,
+    rule_1d: str = RULES_1D[0],
+) -> Optional[PointRule]:
+    if not fused or (dim == 1 and rule_1d != RULES_1D[0]):
+        return None  # autograd through torch ops, or the union rule: not a fixed point set
+    points, point_weights, _ = _qmc_rule(n_components, dim, n_points, seed, dtype, device)
+    return PointRule(points, point_weights, integrand == INTEGRANDS[0])
+
+
 @register(
     "qmc",
     bound=None,
@@ -637,6 +678,7 @@ def monte_carlo(
             "wide ones (compiled too; about 1.5x the default's cost at K = 4, 2.3x at K = 8; docs/qmc_design.md)",
         ),
     },
+    point_rule=_qmc_point_rule,
 )
 def qmc(
     params: MixtureParams,
@@ -708,6 +750,24 @@ def _torch_union_rule_entropy(params: MixtureParams, unit_nodes: th.Tensor, foll
     return upper - (weights * density * entropies).sum(-1)
 
 
+def _sigma_point_rule(
+    n_components: int,
+    dim: int,
+    dtype: th.dtype,
+    device: th.device,
+    degree: int = 3,
+    kappa: Optional[float] = None,
+    integrand: str = INTEGRANDS[0],
+    fused: bool = True,
+) -> Optional[PointRule]:
+    if not fused:
+        return None
+    points, point_weights = sigma_point_rule(dim, degree, None if kappa is None else float(kappa))
+    return PointRule(
+        points.to(dtype=dtype, device=device), point_weights.to(dtype=dtype, device=device), integrand == INTEGRANDS[0]
+    )
+
+
 @register(
     "sigma_points",
     bound=None,
@@ -719,6 +779,7 @@ def _torch_union_rule_entropy(params: MixtureParams, unit_nodes: th.Tensor, foll
         "integrand": Option(INTEGRANDS[0], one_of(*INTEGRANDS), INTEGRAND_HELP),
         "fused": FUSED_OPTION,
     },
+    point_rule=_sigma_point_rule,
 )
 def sigma_points(
     params: MixtureParams,

@@ -35,6 +35,10 @@ class EstimatorInfo:
     :param options: keyword options with defaults and checks
     :param summary: one line for tables and error messages
     :param family: the group it belongs to in tables and figures (e.g. "pairwise (Kolchinsky & Tracey)")
+    :param point_rule: for estimators that average over standard-normal points with the control variate:
+        ``point_rule(n_components, dim, dtype, device, **options)`` gives the points, weights and integrand
+        (:class:`sb3_gmm.entropy.quadrature.PointRule`) the estimate uses with these options, or None where they take
+        another path. Compiled callers (a policy head's one-call evaluation) evaluate the rule themselves
     """
 
     name: str
@@ -46,6 +50,7 @@ class EstimatorInfo:
     summary: str
     options: Dict[str, Option] = field(default_factory=dict)
     family: str = "other"
+    point_rule: Optional[Callable[..., Any]] = None
 
     def resolve_options(self, given: Dict[str, Any]) -> Dict[str, Any]:
         """Fill in defaults and reject unknown or out-of-range options with a message naming them."""
@@ -88,6 +93,7 @@ def register(
     deterministic: bool = True,
     exact_for_single_gaussian: bool = True,
     family: Optional[str] = None,
+    point_rule: Optional[Callable[..., Any]] = None,
 ) -> Callable[[EstimatorFn], EstimatorFn]:
     """Decorator that adds an estimator function to :data:`ESTIMATORS` (``family`` defaults to :data:`FAMILIES`)."""
     if bound not in ("lower", "upper", None):
@@ -106,6 +112,7 @@ def register(
             summary=summary,
             options=dict(options or {}),
             family=family or FAMILIES.get(name, "other"),
+            point_rule=point_rule,
         )
         return fn
 
