@@ -1,5 +1,6 @@
 """Gaussian-mixture action distribution for Stable-Baselines3, with a deterministic, differentiable entropy."""
 
+import copy
 import math
 from typing import Any, Dict, Optional, Tuple
 
@@ -8,7 +9,9 @@ from stable_baselines3.common.distributions import Distribution
 from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal, register_kl
 
+from sb3_gmm import compiled_head, native
 from sb3_gmm.entropy import MixtureParams, get_estimator, get_validate_args, mixture_entropy
+from sb3_gmm.entropy.quadrature import PointRule, kernel_preferred
 from sb3_gmm.mixture import (
     LOG_2PI,
     MixtureHeadLayout,
@@ -211,6 +214,19 @@ class GMMDistribution(Distribution):
         self._log_weights: Optional[th.Tensor] = None
         self._log_stds: Optional[th.Tensor] = None
         self._compact_stds: Optional[th.Tensor] = None
+        # The head's raw outputs of the bound batch, for the compiled one-call paths (sb3_gmm.compiled_head).
+        self._action_params: Optional[th.Tensor] = None
+        self._log_std_param: Optional[th.Tensor] = None
+        self.log_std_bounds = native.LogStdBounds(
+            self.log_std_min, self.log_std_max, min(LOG_STD_SOFT_MARGIN, 0.5 * (self.log_std_max - self.log_std_min))
+        )
+        # Set by the policy around SB3's evaluate_actions, which asks for log_prob(actions) and then entropy() of the
+        # same batch: log_prob then computes both in one compiled call and keeps the entropy for entropy().
+        self.pair_entropy_with_log_prob = False
+        self._paired_entropy: Optional[th.Tensor] = None
+        # The last compiled draw and its log density: the rollout asks log_prob of exactly that tensor next.
+        self._sampled: Optional[Tuple[th.Tensor, th.Tensor]] = None
+        self._point_rules: Dict[Tuple[th.dtype, th.device], Optional[PointRule]] = {}
 
     @property
     def n_params(self) -> int:
@@ -301,6 +317,10 @@ class GMMDistribution(Distribution):
         self._log_weights = th.log_softmax(logits, dim=-1) if n_components > 1 else th.zeros_like(logits)
         self._log_stds = log_stds
         self._compact_stds = compact_stds
+        self._action_params = action_params
+        self._log_std_param = log_std
+        self._paired_entropy = None
+        self._sampled = None
         return self
 
     def _validation_enabled(self) -> bool:
@@ -356,6 +376,14 @@ class GMMDistribution(Distribution):
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
         """Exact log density of ``actions [B, D]`` under the mixture (logsumexp over components), shape ``[B]``."""
         self._require_bound("log_prob")
+        sampled = self._sampled
+        if sampled is not None and actions is sampled[0] and not th.is_grad_enabled():
+            return sampled[1]  # the rollout: the compiled draw computed it with the sample
+        if self.pair_entropy_with_log_prob:
+            evaluated = self._compiled_evaluation(actions)
+            if evaluated is not None:
+                log_prob, self._paired_entropy = evaluated
+                return log_prob
         if self.n_components == 1:
             # The Gaussian's density without the mixture's component axis and logsumexp: fewer recorded ops on the
             # path every PPO minibatch takes (per-op overhead, not arithmetic, is the cost at these sizes).
@@ -369,7 +397,80 @@ class GMMDistribution(Distribution):
         self._require_bound("entropy")
         if not self.entropy_in_loss:
             return None
+        if self._paired_entropy is not None:
+            entropy, self._paired_entropy = self._paired_entropy, None
+            return entropy
         return self.entropy_estimate()
+
+    def log_prob_and_entropy(self, actions: th.Tensor) -> Tuple[th.Tensor, Optional[th.Tensor]]:
+        """:meth:`log_prob` of ``actions`` and :meth:`entropy` of the bound batch together.
+
+        On the CPU with the compiled kernels (:mod:`sb3_gmm.native`) and K >= 2, both come from one call from the
+        head's raw outputs and make one autograd node, where separately they are the binding's recorded ops and two
+        kernel calls (docs/performance.md). Elsewhere (another device, no compiler, an estimator that is no fixed
+        point rule, actions that require a gradient) it is the two methods. Values equal theirs up to rounding.
+
+        :param actions: ``[B, D]``
+        """
+        self._require_bound("log_prob_and_entropy")
+        evaluated = self._compiled_evaluation(actions)
+        if evaluated is not None:
+            return evaluated
+        return self.log_prob(actions), self.entropy()
+
+    def _compiled_evaluation(self, actions: th.Tensor) -> Optional[Tuple[th.Tensor, Optional[th.Tensor]]]:
+        """Log density and entropy (None with ``entropy_in_loss=False``) in one compiled call, or None where it
+        does not apply."""
+        action_params, log_std = self._action_params, self._log_std_param
+        # One component keeps the Gaussian's own formulas, which equal SB3's exactly.
+        if self.n_components == 1 or not action_params.is_cpu or th.compiler.is_compiling():
+            return None
+        dtype = action_params.dtype
+        if (
+            actions.dtype != dtype
+            or actions.requires_grad
+            or actions.shape != (*action_params.shape[:-1], self.action_dim)
+            or (log_std is not None and log_std.dtype != dtype)
+        ):
+            return None
+        rule = None
+        if self.entropy_in_loss:
+            rule = self._point_rule(dtype, action_params.device)
+            n_elements = actions.numel() // self.action_dim
+            n_points = None if rule is None else rule.point_weights.shape[0]
+            if rule is None or not kernel_preferred(n_elements, self.n_components, n_points, actions.element_size()):
+                return None
+        kernels = native.library(dtype)
+        if kernels is None:
+            return None
+        outputs = compiled_head.evaluate(
+            kernels, action_params, log_std, actions, self.log_std_bounds, rule, self._torch_evaluation
+        )
+        return outputs[0], (outputs[1] if rule is not None else None)
+
+    def _point_rule(self, dtype: th.dtype, device: th.device) -> Optional[PointRule]:
+        """The entropy estimator's point rule for this distribution (None: it is no fixed rule), cached."""
+        key = (dtype, device)
+        if key not in self._point_rules:
+            estimator = get_estimator(self.entropy_method)
+            rule = None
+            if estimator.point_rule is not None:
+                options = estimator.resolve_options(self.entropy_kwargs)
+                rule = estimator.point_rule(self.n_components, self.action_dim, dtype, device, **options)
+            self._point_rules[key] = rule
+        return self._point_rules[key]
+
+    def _torch_evaluation(
+        self, action_params: th.Tensor, log_std: Optional[th.Tensor], actions: th.Tensor
+    ) -> Tuple[th.Tensor, ...]:
+        """:meth:`_compiled_evaluation`'s values through torch ops (its reference for second derivatives)."""
+        # proba_distribution rebinds attributes and never mutates them, so a shallow copy leaves this one untouched.
+        twin = copy.copy(self)
+        twin.pair_entropy_with_log_prob = False
+        with native.disabled():
+            twin.proba_distribution(action_params, log_std)
+            log_prob = twin.log_prob(actions)
+            return (log_prob, twin.entropy_estimate()) if self.entropy_in_loss else (log_prob,)
 
     def entropy_estimate(self) -> th.Tensor:
         """Entropy estimate ``[B]`` from :func:`sb3_gmm.entropy.gmm_entropy` with the configured method."""
@@ -398,11 +499,31 @@ class GMMDistribution(Distribution):
         # Gumbel-max: argmax(logits + Gumbel noise) is an exact draw from softmax(logits), in four cheap ops (a
         # Categorical or multinomial costs several times more at rollout batch sizes).
         gumbel_noise = th.empty_like(self.logits).exponential_().log_()  # -Gumbel
+        kernels = self._sampling_kernels()
+        if kernels is not None:
+            # The rollout (no gradient): the same noise in the same order, then the draw and its log density in one
+            # call; log_prob of the returned tensor reads the density.
+            normal = th.randn_like(self.means[..., 0, :])
+            self._sampled = compiled_head.sample(
+                kernels, self._action_params, self._log_std_param, self.log_std_bounds, gumbel_noise, normal
+            )
+            return self._sampled[0]
         components = (self.logits.detach() - gumbel_noise).argmax(-1)
         index = components.view(*batch_shape, 1, 1).expand(*batch_shape, 1, self.action_dim)
         means = self.means.gather(-2, index).squeeze(-2)
         stds = self.stds.gather(-2, index).squeeze(-2)
         return means + stds * th.randn_like(means)
+
+    def _sampling_kernels(self) -> Optional[native.Kernels]:
+        """The compiled kernels where :meth:`sample` can draw through them: CPU, no gradient recorded."""
+        action_params, log_std = self._action_params, self._log_std_param
+        if th.is_grad_enabled() and (action_params.requires_grad or (log_std is not None and log_std.requires_grad)):
+            return None
+        if not action_params.is_cpu or th.compiler.is_compiling():
+            return None
+        if log_std is not None and log_std.dtype != action_params.dtype:
+            return None
+        return native.library(action_params.dtype)
 
     def mode(self) -> th.Tensor:
         """The most probable action found from the component means (no gradient).

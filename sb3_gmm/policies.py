@@ -158,6 +158,16 @@ class GMMPolicyMixin(EstimatorStateMixin):
         action_params = self.action_net(latent_pi)
         return self.action_dist.proba_distribution(action_params, getattr(self, "log_std", None))
 
+    def evaluate_actions(self, *args: Any, **kwargs: Any) -> Any:
+        """SB3's (or sb3-contrib's) ``evaluate_actions``, whose ``log_prob(actions)`` also computes the entropy it asks
+        for next, in one compiled call where :meth:`GMMDistribution.log_prob_and_entropy` can (docs/performance.md)."""
+        distribution = self.gmm_distribution
+        distribution.pair_entropy_with_log_prob = True
+        try:
+            return super().evaluate_actions(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            distribution.pair_entropy_with_log_prob = False
+
     def _entropy_distribution(self) -> GMMDistribution:
         return self.gmm_distribution
 
