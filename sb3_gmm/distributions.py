@@ -2,7 +2,7 @@
 
 import copy
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import torch as th
 from stable_baselines3.common.distributions import Distribution
@@ -116,6 +116,27 @@ def resolve_entropy_settings(
     return estimator.name, entropy_kwargs
 
 
+class _Binding(NamedTuple):
+    """A bound batch's mixture parameters as :class:`GMMDistribution`'s torch paths use them.
+
+    :param logits: ``[..., K]``
+    :param means: ``[..., K, D]``
+    :param stds: ``[..., K, D]`` (an expanded view of ``compact_stds`` when the stds are state independent)
+    :param log_weights: normalised log weights ``[..., K]``
+    :param log_stds: the bounded log stds, ``[..., K, D]``, or ``[K, D]`` when state independent
+    :param compact_stds: their exponentials at the same shape
+    :param records_graph: whether autograd was recording when they were derived
+    """
+
+    logits: th.Tensor
+    means: th.Tensor
+    stds: th.Tensor
+    log_weights: th.Tensor
+    log_stds: th.Tensor
+    compact_stds: th.Tensor
+    records_graph: bool
+
+
 class GMMTorchDistribution(MixtureSameFamily):
     """The torch mixture behind :class:`GMMDistribution`, with our own class so a KL can be registered for it alone."""
 
@@ -206,17 +227,11 @@ class GMMDistribution(Distribution):
         self.log_std_max = float(log_std_max)
         self.validate_args = validate_args
         self.entropy_in_loss = entropy_in_loss
-        self.logits: Optional[th.Tensor] = None
-        self.means: Optional[th.Tensor] = None
-        self.stds: Optional[th.Tensor] = None
-        # normalised log weights; log stds and stds before broadcasting over the batch ([K, D] when state
-        # independent). Computed once per batch and shared by log_prob, entropy and mode.
-        self._log_weights: Optional[th.Tensor] = None
-        self._log_stds: Optional[th.Tensor] = None
-        self._compact_stds: Optional[th.Tensor] = None
-        # The head's raw outputs of the bound batch, for the compiled one-call paths (sb3_gmm.compiled_head).
+        # The head's raw outputs of the bound batch. The compiled one-call paths (sb3_gmm.compiled_head) read only
+        # these; the parameters in the forms the other methods use (_Binding) are derived on first use.
         self._action_params: Optional[th.Tensor] = None
         self._log_std_param: Optional[th.Tensor] = None
+        self._binding_cache: Optional[_Binding] = None
         self.log_std_bounds = native.LogStdBounds(
             self.log_std_min, self.log_std_max, min(LOG_STD_SOFT_MARGIN, 0.5 * (self.log_std_max - self.log_std_min))
         )
@@ -283,9 +298,8 @@ class GMMDistribution(Distribution):
                 f"action_params must be the action head's output, a tensor [..., {self.n_params}], got "
                 f"{action_params.shape if isinstance(action_params, th.Tensor) else type(action_params).__name__}"
             )
-        batch_shape = action_params.shape[:-1]
-        logits, means, raw_log_std = self.layout.split(action_params)
-        if raw_log_std is not None:
+        self.layout.check(action_params)
+        if self.state_dependent_std:
             if log_std is not None:
                 raise ValueError(
                     "log_std must be None with state_dependent_std=True: the action head outputs the log stds"
@@ -304,24 +318,55 @@ class GMMDistribution(Distribution):
         # step); a compiled policy is checked only where it runs eagerly (the rollout, unless compiled too).
         if self._validation_enabled() and not th.compiler.is_compiling():
             self._check_finite(action_params, log_std)
-        if raw_log_std is not None:
-            log_stds = soft_clamp(raw_log_std, self.log_std_min, self.log_std_max)
-        else:
-            # Bound and exponentiate the [K, D] parameter once; log_prob broadcasts it, stds is an expanded view.
-            log_stds = soft_clamp(log_std, self.log_std_min, self.log_std_max)
-        compact_stds = log_stds.exp()
-        self.logits = logits
-        self.means = means
-        self.stds = compact_stds.expand(*batch_shape, n_components, dim)
-        # One component: log_softmax of a single logit is exactly 0 with a zero gradient; skip the recorded op.
-        self._log_weights = th.log_softmax(logits, dim=-1) if n_components > 1 else th.zeros_like(logits)
-        self._log_stds = log_stds
-        self._compact_stds = compact_stds
         self._action_params = action_params
         self._log_std_param = log_std
+        self._binding_cache = None
         self._paired_entropy = None
         self._sampled = None
         return self
+
+    def _binding(self) -> "_Binding":
+        """The bound batch's parameters as the torch paths use them, derived from the head's outputs once.
+
+        Derived on first use, not in :meth:`proba_distribution`: PPO's update and rollout take the compiled one-call
+        paths, which read the raw outputs, and would pay these ~8 recorded ops for nothing. Derived again when first
+        read without autograd (e.g. in :meth:`mode`) and then needed with it.
+        """
+        cached = self._binding_cache
+        if cached is not None and (cached.records_graph or not th.is_grad_enabled()):
+            return cached
+        n_components, dim = self.n_components, self.action_dim
+        action_params, log_std = self._action_params, self._log_std_param
+        logits, means, raw_log_std = self.layout.split(action_params)
+        # The [K, D] parameter is bounded and exponentiated once; log_prob broadcasts it, stds is an expanded view.
+        log_stds = soft_clamp(log_std if raw_log_std is None else raw_log_std, self.log_std_min, self.log_std_max)
+        compact_stds = log_stds.exp()
+        self._binding_cache = _Binding(
+            logits=logits,
+            means=means,
+            stds=compact_stds.expand(*action_params.shape[:-1], n_components, dim),
+            # One component: log_softmax of a single logit is exactly 0 with a zero gradient; skip the recorded op.
+            log_weights=th.log_softmax(logits, dim=-1) if n_components > 1 else th.zeros_like(logits),
+            log_stds=log_stds,
+            compact_stds=compact_stds,
+            records_graph=th.is_grad_enabled(),
+        )
+        return self._binding_cache
+
+    @property
+    def logits(self) -> Optional[th.Tensor]:
+        """Component logits ``[B, K]`` of the bound batch (None before :meth:`proba_distribution`)."""
+        return None if self._action_params is None else self._binding().logits
+
+    @property
+    def means(self) -> Optional[th.Tensor]:
+        """Component means ``[B, K, D]`` of the bound batch (None before :meth:`proba_distribution`)."""
+        return None if self._action_params is None else self._binding().means
+
+    @property
+    def stds(self) -> Optional[th.Tensor]:
+        """Component stds ``[B, K, D]`` of the bound batch, after the log-std bounds (None before binding)."""
+        return None if self._action_params is None else self._binding().stds
 
     def _validation_enabled(self) -> bool:
         """Whether :meth:`proba_distribution` checks its parameters (``validate_args``, or the entropy switch)."""
@@ -353,7 +398,7 @@ class GMMDistribution(Distribution):
 
     def _require_bound(self, method: str) -> None:
         """Raise a clear error when ``method`` is called before any parameters were bound."""
-        if self._log_weights is None:
+        if self._action_params is None:
             raise RuntimeError(
                 f"GMMDistribution.{method}() needs the mixture parameters of a batch: call "
                 "proba_distribution(action_params, log_std) first (a policy's get_distribution(obs) does)"
@@ -384,13 +429,14 @@ class GMMDistribution(Distribution):
             if evaluated is not None:
                 log_prob, self._paired_entropy = evaluated
                 return log_prob
+        bound = self._binding()
         if self.n_components == 1:
             # The Gaussian's density without the mixture's component axis and logsumexp: fewer recorded ops on the
             # path every PPO minibatch takes (per-op overhead, not arithmetic, is the cost at these sizes).
-            scaled = (actions - self.means[..., 0, :]) / self._compact_stds[..., 0, :]
-            log_normaliser = self._log_stds[..., 0, :].sum(-1) + 0.5 * self.action_dim * LOG_2PI
+            scaled = (actions - bound.means[..., 0, :]) / bound.compact_stds[..., 0, :]
+            log_normaliser = bound.log_stds[..., 0, :].sum(-1) + 0.5 * self.action_dim * LOG_2PI
             return -0.5 * scaled.square().sum(-1) - log_normaliser
-        return mixture_log_prob(actions, self._log_weights, self.means, self._compact_stds, log_stds=self._log_stds)
+        return mixture_log_prob(actions, bound.log_weights, bound.means, bound.compact_stds, log_stds=bound.log_stds)
 
     def entropy(self) -> Optional[th.Tensor]:
         """Entropy estimate ``[B]`` (:meth:`entropy_estimate`), or None with ``entropy_in_loss=False``."""
@@ -475,12 +521,13 @@ class GMMDistribution(Distribution):
     def entropy_estimate(self) -> th.Tensor:
         """Entropy estimate ``[B]`` from :func:`sb3_gmm.entropy.gmm_entropy` with the configured method."""
         self._require_bound("entropy_estimate")
+        bound = self._binding()
         if self.n_components == 1 and get_estimator(self.entropy_method).exact_for_single_gaussian:
             # The estimator returns the Gaussian closed form for one component anyway; skip its dispatch.
-            batch_shape = self.logits.shape[:-1]
-            gaussian_entropy = self._log_stds[..., 0, :].sum(-1) + 0.5 * self.action_dim * (1.0 + LOG_2PI)
+            batch_shape = bound.logits.shape[:-1]
+            gaussian_entropy = bound.log_stds[..., 0, :].sum(-1) + 0.5 * self.action_dim * (1.0 + LOG_2PI)
             return gaussian_entropy.expand(batch_shape)
-        params = MixtureParams(self._log_weights, self.means, self.stds, self._log_stds.expand_as(self.means))
+        params = MixtureParams(bound.log_weights, bound.means, bound.stds, bound.log_stds.expand_as(bound.means))
         # proba_distribution has already checked these parameters (when validation is on) and built them with the
         # right shapes: checking again here would cost a second device sync per batch.
         return mixture_entropy(params, method=self.entropy_method, validate_args=False, **self.entropy_kwargs)
@@ -492,26 +539,29 @@ class GMMDistribution(Distribution):
         With one component no index is drawn, so the random stream (and the sample) is the plain Gaussian's.
         """
         self._require_bound("sample")
+        action_params = self._action_params
+        batch_shape = action_params.shape[:-1]
         if self.n_components == 1:
-            means, stds = self.means.squeeze(-2), self.stds.squeeze(-2)
+            bound = self._binding()
+            means, stds = bound.means.squeeze(-2), bound.stds.squeeze(-2)
             return means + stds * th.randn_like(means)
-        batch_shape = self.logits.shape[:-1]
         # Gumbel-max: argmax(logits + Gumbel noise) is an exact draw from softmax(logits), in four cheap ops (a
         # Categorical or multinomial costs several times more at rollout batch sizes).
-        gumbel_noise = th.empty_like(self.logits).exponential_().log_()  # -Gumbel
+        gumbel_noise = action_params.new_empty(*batch_shape, self.n_components).exponential_().log_()  # -Gumbel
         kernels = self._sampling_kernels()
         if kernels is not None:
             # The rollout (no gradient): the same noise in the same order, then the draw and its log density in one
             # call; log_prob of the returned tensor reads the density.
-            normal = th.randn_like(self.means[..., 0, :])
+            normal = action_params.new_empty(*batch_shape, self.action_dim).normal_()
             self._sampled = compiled_head.sample(
-                kernels, self._action_params, self._log_std_param, self.log_std_bounds, gumbel_noise, normal
+                kernels, action_params, self._log_std_param, self.log_std_bounds, gumbel_noise, normal
             )
             return self._sampled[0]
-        components = (self.logits.detach() - gumbel_noise).argmax(-1)
+        bound = self._binding()
+        components = (bound.logits.detach() - gumbel_noise).argmax(-1)
         index = components.view(*batch_shape, 1, 1).expand(*batch_shape, 1, self.action_dim)
-        means = self.means.gather(-2, index).squeeze(-2)
-        stds = self.stds.gather(-2, index).squeeze(-2)
+        means = bound.means.gather(-2, index).squeeze(-2)
+        stds = bound.stds.gather(-2, index).squeeze(-2)
         return means + stds * th.randn_like(means)
 
     def _sampling_kernels(self) -> Optional[native.Kernels]:
@@ -538,8 +588,8 @@ class GMMDistribution(Distribution):
         """
         self._require_bound("mode")
         with th.no_grad():
-            log_weights = self._log_weights
-            means, stds = self.means, self.stds
+            bound = self._binding()
+            log_weights, means, stds = bound.log_weights, bound.means, bound.stds
             # Score every component mean under the whole mixture: candidates on a leading axis, [K, *batch, D].
             candidates = means.movedim(-2, 0)
             candidate_log_probs = mixture_log_prob(candidates, log_weights, means, stds).movedim(0, -1)

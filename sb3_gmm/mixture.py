@@ -59,12 +59,8 @@ class MixtureHeadLayout:
         per_component = self.action_dim * (2 if self.state_dependent_std else 1)
         return self.n_components * (1 + per_component)
 
-    def split(self, action_params: th.Tensor) -> Tuple[th.Tensor, th.Tensor, Optional[th.Tensor]]:
-        """Cut a head output ``[..., n_params]`` into ``logits [..., K]``, ``means [..., K, D]`` and raw log stds.
-
-        :param action_params: the head output; its last size must be :attr:`n_params`
-        :return: logits, means, and the raw log stds ``[..., K, D]`` (None without ``state_dependent_std``)
-        """
+    def check(self, action_params: th.Tensor) -> None:
+        """Raise a ValueError naming the expected layout when ``action_params``' last size is not :attr:`n_params`."""
         if action_params.shape[-1] != self.n_params:
             stds_part = f" + {self.n_components * self.action_dim} log stds" if self.state_dependent_std else ""
             raise ValueError(
@@ -73,6 +69,14 @@ class MixtureHeadLayout:
                 f"D={self.action_dim}), got shape {tuple(action_params.shape)}; build the head with "
                 "proba_distribution_net() of the same distribution"
             )
+
+    def split(self, action_params: th.Tensor) -> Tuple[th.Tensor, th.Tensor, Optional[th.Tensor]]:
+        """Cut a head output ``[..., n_params]`` into ``logits [..., K]``, ``means [..., K, D]`` and raw log stds.
+
+        :param action_params: the head output; its last size must be :attr:`n_params`
+        :return: logits, means, and the raw log stds ``[..., K, D]`` (None without ``state_dependent_std``)
+        """
+        self.check(action_params)
         batch_shape = action_params.shape[:-1]
         component_shape = (*batch_shape, self.n_components, self.action_dim)
         logits = action_params[..., : self.n_components]

@@ -290,3 +290,37 @@ def test_empty_batch_gives_empty_results(state_dependent_std):
     dist.proba_distribution(th.zeros(0, dist.n_params), None if state_dependent_std else th.zeros(3, 2))
     assert dist.sample().shape == (0, 2) and dist.mode().shape == (0, 2)
     assert dist.log_prob(th.zeros(0, 2)).shape == (0,) and dist.entropy().shape == (0,)
+
+
+def test_parameters_first_derived_without_autograd_are_derived_again_with_it():
+    # mode() runs under no_grad; a log_prob after it must still differentiate into the head and the log stds.
+    dist, action_params, log_std = make_distribution(batch=4, dim=2, n_components=3)
+    action_params.requires_grad_()
+    log_std.requires_grad_()
+    dist.proba_distribution(action_params, log_std)
+    dist.mode()
+    assert dist._binding_cache is not None and not dist._binding_cache.records_graph
+    actions = th.randn(4, 2)
+    grads = th.autograd.grad(dist.log_prob(actions).sum(), [action_params, log_std])
+    reference = GMMDistribution(2, n_components=3).proba_distribution(action_params, log_std)
+    expected = th.autograd.grad(reference.log_prob(actions).sum(), [action_params, log_std])
+    for grad, expected_grad in zip(grads, expected):
+        assert grad.abs().sum() > 0
+        th.testing.assert_close(grad, expected_grad)
+
+
+def test_binding_records_no_ops_until_a_method_needs_them():
+    dist, action_params, log_std = make_distribution(batch=4, dim=2, n_components=3)
+    assert dist._binding_cache is None
+    with pytest.raises(ValueError, match="action_params must have 9 columns"):
+        dist.proba_distribution(th.randn(4, 10), log_std)
+
+
+def test_a_shallow_copy_keeps_its_batch_when_first_read_after_a_rebinding():
+    dist, params, log_std = make_distribution()
+    expected = dist.means.clone()
+    dist.proba_distribution(params, log_std)  # nothing derived yet
+    old = copy.copy(dist)
+    dist.proba_distribution(params + 1.0, log_std)
+    assert th.equal(old.means, expected)
+    assert th.equal(dist.means, expected + 1.0)
