@@ -85,11 +85,12 @@ class _CompiledHeadEvaluation(th.autograd.Function):
     @staticmethod
     def forward(ctx, action_params, log_std, actions, kernels, bounds, rule, reference, with_gradient):  # type: ignore[override]
         batch_shape, n_params = action_params.shape[:-1], action_params.shape[-1]
+        flat = action_params.dim() == 2  # the PPO minibatch: no reshapes to pay
         log_prob, entropy, buffer = native.head_evaluate(
             kernels,
-            action_params.reshape(-1, n_params),
+            action_params if flat else action_params.reshape(-1, n_params),
             log_std,
-            actions.reshape(-1, actions.shape[-1]),
+            actions if flat else actions.reshape(-1, actions.shape[-1]),
             bounds,
             rule,
             max_scaled_distance(action_params.dtype),
@@ -99,9 +100,10 @@ class _CompiledHeadEvaluation(th.autograd.Function):
         ctx.reference = reference
         ctx.n_params = n_params
         ctx.save_for_backward(buffer, action_params, log_std, actions)
-        if entropy is None:
-            return log_prob.view(batch_shape)
-        return log_prob.view(batch_shape), entropy.view(batch_shape)
+        if not flat:
+            log_prob = log_prob.view(batch_shape)
+            entropy = None if entropy is None else entropy.view(batch_shape)
+        return log_prob if entropy is None else (log_prob, entropy)
 
     @staticmethod
     def backward(ctx, *grad_outputs):  # type: ignore[override]

@@ -309,7 +309,9 @@ def head_evaluate(
     head, actions = _batch_major(head), _batch_major(actions)
     width = n_components * (1 + 2 * dim)
     n_values = 1 if rule is None else 2
-    values = head.new_empty(n_values, n_batch)
+    # Separate tensors, not views of one: the Function returns them, and its outputs should not alias each other.
+    log_prob = head.new_empty(n_batch)
+    entropy = None if rule is None else head.new_empty(n_batch)
     buffer = head.new_empty(n_batch, n_values, width) if with_gradient else None
     # Without a rule: no points (NULL), no entropy, and the gradient buffer holds the log density's part alone.
     n_points, points_pointer, component_stride, weights_pointer, responsibility_entropy = 0, None, 0, None, True
@@ -321,18 +323,20 @@ def head_evaluate(
     if shared_log_std is not None:
         shared_log_std = shared_log_std.contiguous()  # kept referenced until the call returns
     shared_pointer = None if shared_log_std is None else shared_log_std.data_ptr()
-    entropy_pointer = None if rule is None else values[1].data_ptr()
-    grad_pointers = [None, None]
+    # Pointer arithmetic rather than indexing: an indexed view costs a microsecond or two at this call rate.
+    entropy_pointer = None if entropy is None else entropy.data_ptr()
+    log_prob_grad_pointer = entropy_grad_pointer = None
     if buffer is not None:
-        grad_pointers[:n_values] = [buffer[0, index].data_ptr() for index in range(n_values)]
+        log_prob_grad_pointer = buffer.data_ptr()
+        entropy_grad_pointer = None if rule is None else log_prob_grad_pointer + width * buffer.element_size()
     status = kernels.head_evaluate(
         n_batch, n_components, dim, head.data_ptr(), head.stride(0), shared_pointer, actions.data_ptr(),
         actions.stride(0), *bounds, n_points, points_pointer, component_stride, weights_pointer,
-        int(responsibility_entropy), distance_cap, values.data_ptr(), entropy_pointer, *grad_pointers,
-        n_values * width,
+        int(responsibility_entropy), distance_cap, log_prob.data_ptr(), entropy_pointer, log_prob_grad_pointer,
+        entropy_grad_pointer, n_values * width,
     )  # fmt: skip
     _check(status, "head", n_components, dim)
-    return values[0], None if rule is None else values[1], buffer
+    return log_prob, entropy, buffer
 
 
 def head_sample(
