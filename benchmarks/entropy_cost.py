@@ -12,6 +12,10 @@ script splits the default estimator's forward + backward at B = 64 into
 The default runs on the compiled kernel (``sb3_gmm.native``) where it builds; the same call on the torch path
 (``native.disabled()``, what a machine without a C compiler gets) is timed beside it.
 
+A second table times what PPO's evaluate_actions asks of the distribution (bind, ``log_prob``, ``entropy``, their
+backward) two ways: the two methods separately, and ``log_prob_and_entropy`` (the compiled one-call path the GMM
+policies take).
+
 ``component_average`` (a few ops, no points) and one PPO minibatch step of SB3's MlpPolicy (evaluate_actions,
 backward, gradient clipping and Adam at B = 64, Pendulum-v1) give the scale. Every configuration is timed in each of
 several rounds, alternating, and the median over rounds is reported (the machine is shared).
@@ -70,12 +74,37 @@ def entropy_call(
     def call() -> None:
         distribution.proba_distribution(head_output, log_std)
         if bind_only:
-            (distribution._log_weights.sum() + distribution._log_stds.sum()).backward()
+            bound = distribution._binding()  # what log_prob and entropy() derive from the head output first
+            (bound.log_weights.sum() + bound.log_stds.sum()).backward()
         elif compiled:
             distribution.entropy().sum().backward()
         else:
             with native.disabled():
                 distribution.entropy().sum().backward()
+
+    return call
+
+
+def evaluation_call(n_components: int, dim: int, one_call: bool) -> Callable[[], None]:
+    """Forward + backward of what PPO's evaluate_actions asks the distribution for: bind a head output, then
+    ``log_prob(actions)`` and ``entropy()`` (default estimator, B = 64).
+
+    :param one_call: :meth:`GMMDistribution.log_prob_and_entropy` (the compiled one-call path the GMM policies use);
+        False: the two methods separately (the binding's ops, the log density's and the estimate's Functions)
+    """
+    generator = th.Generator().manual_seed(0)
+    distribution = GMMDistribution(dim, n_components)
+    head_output = th.randn(BATCH_SIZE, distribution.n_params, generator=generator).requires_grad_()
+    log_std = (0.3 * th.randn(n_components, dim, generator=generator)).requires_grad_()
+    actions = th.randn(BATCH_SIZE, dim, generator=generator)
+
+    def call() -> None:
+        distribution.proba_distribution(head_output, log_std)
+        if one_call:
+            log_prob, entropy = distribution.log_prob_and_entropy(actions)
+        else:
+            log_prob, entropy = distribution.log_prob(actions), distribution.entropy()
+        (log_prob.sum() + 0.01 * entropy.sum()).backward()
 
     return call
 
@@ -146,6 +175,8 @@ def measure(rounds: int, per_round: int) -> Dict[str, Any]:
         if dim == 1:
             calls[f"{cell}-union"] = entropy_call(n_components, dim, entropy_kwargs=dict(rule_1d="union"))
         calls[f"{cell}-component_average"] = entropy_call(n_components, dim, entropy_method="component_average")
+        calls[f"{cell}-separate"] = evaluation_call(n_components, dim, one_call=False)
+        calls[f"{cell}-one_call"] = evaluation_call(n_components, dim, one_call=True)
         points[cell] = evaluated_points(n_components, dim, 64)
         points[f"{cell}-fixed"] = evaluated_points(n_components, dim, SMALLEST_POINT_SET)
     from sb3_gmm import GMMActorCriticPolicy
@@ -164,7 +195,7 @@ def measure(rounds: int, per_round: int) -> Dict[str, Any]:
 def render(payload: Dict[str, Any]) -> str:
     medians = {name: float(np.median(values)) for name, values in payload["samples"].items()}
     step = medians["ppo_step_mlp"]
-    rows = []
+    rows, evaluation_rows = [], []
     for n_components, dim in CELLS:
         cell = f"K{n_components}-D{dim}"
         bind = medians[f"{cell}-bind"]
@@ -186,6 +217,17 @@ def render(payload: Dict[str, Any]) -> str:
                 f"{total / step:.2f}",
             ]
         )
+        separate, one_call = medians[f"{cell}-separate"], medians[f"{cell}-one_call"]
+        evaluation_rows.append(
+            [
+                n_components,
+                dim,
+                f"{separate:.0f}",
+                f"{one_call:.0f}",
+                f"{one_call / separate:.2f}",
+                f"{one_call / step:.2f}",
+            ]
+        )
     table = _report.markdown_table(
         [
             "K",
@@ -201,6 +243,10 @@ def render(payload: Dict[str, Any]) -> str:
             "default / MlpPolicy step",
         ],
         rows,
+    )
+    evaluation_table = _report.markdown_table(
+        ["K", "D", "separately us", "one call us", "one call / separately", "one call / MlpPolicy step"],
+        evaluation_rows,
     )
     step_rows = []
     for method in ("default", "component_average"):
@@ -231,6 +277,14 @@ def render(payload: Dict[str, Any]) -> str:
             ),
             "",
             table,
+            "",
+            "What PPO's evaluate_actions asks of the distribution, forward + backward at B = "
+            f"{BATCH_SIZE} (binding included, default estimator): `log_prob(actions)` and `entropy()` separately, "
+            "against `log_prob_and_entropy(actions)`, the one compiled call the GMM policies use"
+            + ("" if payload.get("compiled", False) else " (here without a compiler: the same two methods)")
+            + ":",
+            "",
+            evaluation_table,
             "",
             "One whole PPO minibatch step (the same loop as the MlpPolicy step above, ent_coef 0.01) with "
             "GMMActorCriticPolicy: MlpPolicy's step time over the GMM's in the same round, median [min-max] over "

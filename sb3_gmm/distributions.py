@@ -451,7 +451,7 @@ class GMMDistribution(Distribution):
     def log_prob_and_entropy(self, actions: th.Tensor) -> Tuple[th.Tensor, Optional[th.Tensor]]:
         """:meth:`log_prob` of ``actions`` and :meth:`entropy` of the bound batch together.
 
-        On the CPU with the compiled kernels (:mod:`sb3_gmm.native`) and K >= 2, both come from one call from the
+        On the CPU with the compiled kernels (:mod:`sb3_gmm.native`), both come from one call from the
         head's raw outputs and make one autograd node, where separately they are the binding's recorded ops and two
         kernel calls (docs/performance.md). Elsewhere (another device, no compiler, an estimator that is no fixed
         point rule, actions that require a gradient) it is the two methods. Values equal theirs up to rounding.
@@ -468,8 +468,7 @@ class GMMDistribution(Distribution):
         """Log density and entropy (None with ``entropy_in_loss=False``) in one compiled call, or None where it
         does not apply."""
         action_params, log_std = self._action_params, self._log_std_param
-        # One component keeps the Gaussian's own formulas, which equal SB3's exactly.
-        if self.n_components == 1 or not action_params.is_cpu or th.compiler.is_compiling():
+        if not action_params.is_cpu or th.compiler.is_compiling():
             return None
         dtype = action_params.dtype
         if (
@@ -500,7 +499,11 @@ class GMMDistribution(Distribution):
         if key not in self._point_rules:
             estimator = get_estimator(self.entropy_method)
             rule = None
-            if estimator.point_rule is not None:
+            if self.n_components == 1 and estimator.exact_for_single_gaussian:
+                # The closed form: with no points the kernel's correction term is exactly zero.
+                empty = th.empty(0, dtype=dtype, device=device)
+                rule = PointRule(empty.view(0, self.action_dim), empty, True)
+            elif estimator.point_rule is not None:
                 options = estimator.resolve_options(self.entropy_kwargs)
                 rule = estimator.point_rule(self.n_components, self.action_dim, dtype, device, **options)
             self._point_rules[key] = rule
@@ -541,14 +544,22 @@ class GMMDistribution(Distribution):
         self._require_bound("sample")
         action_params = self._action_params
         batch_shape = action_params.shape[:-1]
+        kernels = self._sampling_kernels()
         if self.n_components == 1:
+            if kernels is not None:
+                # No component to draw (no noise for it): the Gaussian's draw, on the same random stream.
+                no_choice = action_params.new_zeros(*batch_shape, 1)
+                normal = action_params.new_empty(*batch_shape, self.action_dim).normal_()
+                self._sampled = compiled_head.sample(
+                    kernels, action_params, self._log_std_param, self.log_std_bounds, no_choice, normal
+                )
+                return self._sampled[0]
             bound = self._binding()
             means, stds = bound.means.squeeze(-2), bound.stds.squeeze(-2)
             return means + stds * th.randn_like(means)
         # Gumbel-max: argmax(logits + Gumbel noise) is an exact draw from softmax(logits), in four cheap ops (a
         # Categorical or multinomial costs several times more at rollout batch sizes).
         gumbel_noise = action_params.new_empty(*batch_shape, self.n_components).exponential_().log_()  # -Gumbel
-        kernels = self._sampling_kernels()
         if kernels is not None:
             # The rollout (no gradient): the same noise in the same order, then the draw and its log density in one
             # call; log_prob of the returned tensor reads the density.

@@ -69,6 +69,7 @@ def _values_and_grads(distribution, params, log_std, actions, paired: bool):
 @pytest.mark.parametrize(
     "n_components, dim, method, kwargs",
     [
+        (1, 3, None, {}),
         (4, 1, None, {}),
         (3, 6, None, {}),
         (8, 2, None, {}),
@@ -192,9 +193,10 @@ def test_a_rebinding_drops_the_paired_entropy():
     assert distribution.entropy().shape == (4,)
 
 
+@pytest.mark.parametrize("n_components", [1, 4])
 @pytest.mark.parametrize("state_dependent_std", [False, True])
-def test_compiled_draw_equals_the_torch_draw_and_carries_its_log_density(state_dependent_std):
-    distribution, params, log_std, _ = _bound(4, 3, state_dependent_std, th.float32, scale=1.0)
+def test_compiled_draw_equals_the_torch_draw_and_carries_its_log_density(n_components, state_dependent_std):
+    distribution, params, log_std, _ = _bound(n_components, 3, state_dependent_std, th.float32, scale=1.0)
     with th.no_grad():
         th.manual_seed(7)
         distribution.proba_distribution(params, log_std)

@@ -139,6 +139,15 @@ def test_single_component_policy_matches_mlp_policy():
     assert th.allclose(log_prob_g, log_prob_m, atol=1e-5)
     assert th.allclose(entropy_g, entropy_m, atol=1e-5)
     assert th.allclose(gaussian.get_distribution(obs).mode(), mixture.get_distribution(obs).mode(), atol=1e-6)
+    # The rollout's forward: the same seed gives the same draws (one normal per action, no component noise) and
+    # log densities, on whichever path the mixture takes (compiled where a C compiler is present).
+    with th.no_grad():
+        th.manual_seed(3)
+        actions_g, values_g, log_prob_g = gaussian(obs)
+        th.manual_seed(3)
+        actions_m, values_m, log_prob_m = mixture(obs)
+    assert th.allclose(actions_g, actions_m, atol=1e-6)
+    assert th.allclose(values_g, values_m) and th.allclose(log_prob_g, log_prob_m, atol=1e-5)
 
 
 def test_cnn_and_multi_input_policies():
