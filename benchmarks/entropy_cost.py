@@ -85,15 +85,16 @@ def entropy_call(
     return call
 
 
-def evaluation_call(n_components: int, dim: int, one_call: bool) -> Callable[[], None]:
+def evaluation_call(n_components: int, dim: int, one_call: bool, **options: Any) -> Callable[[], None]:
     """Forward + backward of what PPO's evaluate_actions asks the distribution for: bind a head output, then
     ``log_prob(actions)`` and ``entropy()`` (default estimator, B = 64).
 
     :param one_call: :meth:`GMMDistribution.log_prob_and_entropy` (the compiled one-call path the GMM policies use);
         False: the two methods separately (the binding's ops, the log density's and the estimate's Functions)
+    :param options: ``entropy_kwargs`` of the distribution (the default estimator's options)
     """
     generator = th.Generator().manual_seed(0)
-    distribution = GMMDistribution(dim, n_components)
+    distribution = GMMDistribution(dim, n_components, entropy_kwargs=options or None)
     head_output = th.randn(BATCH_SIZE, distribution.n_params, generator=generator).requires_grad_()
     log_std = (0.3 * th.randn(n_components, dim, generator=generator)).requires_grad_()
     actions = th.randn(BATCH_SIZE, dim, generator=generator)
@@ -177,6 +178,8 @@ def measure(rounds: int, per_round: int) -> Dict[str, Any]:
         calls[f"{cell}-component_average"] = entropy_call(n_components, dim, entropy_method="component_average")
         calls[f"{cell}-separate"] = evaluation_call(n_components, dim, one_call=False)
         calls[f"{cell}-one_call"] = evaluation_call(n_components, dim, one_call=True)
+        if dim == 1:
+            calls[f"{cell}-one_call_union"] = evaluation_call(n_components, dim, one_call=True, rule_1d="union")
         points[cell] = evaluated_points(n_components, dim, 64)
         points[f"{cell}-fixed"] = evaluated_points(n_components, dim, SMALLEST_POINT_SET)
     from sb3_gmm import GMMActorCriticPolicy
@@ -218,6 +221,7 @@ def render(payload: Dict[str, Any]) -> str:
             ]
         )
         separate, one_call = medians[f"{cell}-separate"], medians[f"{cell}-one_call"]
+        union = medians.get(f"{cell}-one_call_union")
         evaluation_rows.append(
             [
                 n_components,
@@ -226,6 +230,7 @@ def render(payload: Dict[str, Any]) -> str:
                 f"{one_call:.0f}",
                 f"{one_call / separate:.2f}",
                 f"{one_call / step:.2f}",
+                "-" if union is None else f"{union:.0f}",
             ]
         )
     table = _report.markdown_table(
@@ -245,7 +250,15 @@ def render(payload: Dict[str, Any]) -> str:
         rows,
     )
     evaluation_table = _report.markdown_table(
-        ["K", "D", "separately us", "one call us", "one call / separately", "one call / MlpPolicy step"],
+        [
+            "K",
+            "D",
+            "separately us",
+            "one call us",
+            "one call / separately",
+            "one call / MlpPolicy step",
+            "one call, rule_1d='union' us",
+        ],
         evaluation_rows,
     )
     step_rows = []

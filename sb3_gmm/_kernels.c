@@ -636,7 +636,8 @@ static void chain_to_head(const REAL *g_lw, const REAL *g_mu, const REAL *g_s, c
 }
 
 /*
- * log p(actions) [B] and (entropy not NULL) the quadrature entropy [B] (points as for sb3_gmm_quadrature_entropy),
+ * log p(actions) [B] and (entropy not NULL) the quadrature entropy [B] (points as for sb3_gmm_quadrature_entropy;
+ * with union_end > 0 and D = 1, qmc's union rule instead, points then the ascending unit nodes [n]),
  * and with grad_log_prob not NULL their derivatives w.r.t. the head: rows of K + 2 K D (logits, means, raw log stds;
  * with a shared parameter the last K D are this element's part of its gradient, which the caller sums over the
  * batch), at grad_stride per element; grad_entropy likewise when entropy is not NULL.
@@ -645,8 +646,9 @@ static void chain_to_head(const REAL *g_lw, const REAL *g_mu, const REAL *g_s, c
 int sb3_gmm_head_evaluate(int64_t n_batch, int64_t n_components, int64_t dim, const REAL *head, int64_t head_stride,
                           const REAL *shared_log_std, const REAL *actions, int64_t action_stride, REAL low, REAL high,
                           REAL margin, int64_t n_points, const REAL *points, int64_t point_component_stride,
-                          const REAL *point_weights, int32_t responsibility_entropy, REAL distance_cap,
-                          REAL *log_prob, REAL *entropy, REAL *grad_log_prob, REAL *grad_entropy, int64_t grad_stride) {
+                          const REAL *point_weights, int32_t responsibility_entropy, REAL union_end,
+                          REAL distance_cap, REAL *log_prob, REAL *entropy, REAL *grad_log_prob, REAL *grad_entropy,
+                          int64_t grad_stride) {
     const int64_t K = n_components, D = dim, KD = K * D;
     const int head_log_stds = shared_log_std == NULL;
     const int with_gradient = grad_log_prob != NULL;
@@ -671,7 +673,12 @@ int sb3_gmm_head_evaluate(int64_t n_batch, int64_t n_components, int64_t dim, co
     if (status == 0 && entropy != NULL) {
         const int64_t ent_strides[4] = {K, head_stride, std_stride, std_stride};
         REAL *e = with_gradient ? ent_grad : NULL;
-        status = sb3_gmm_quadrature_entropy(n_batch, K, D, n_points, lw, head + K, s, ls, ent_strides, points,
+        if (union_end > 0) /* D = 1: qmc's union rule on the unit nodes `points` (sb3_gmm_union_entropy_1d) */
+            status = sb3_gmm_union_entropy_1d(n_batch, K, n_points, lw, head + K, s, ls, ent_strides, points, union_end,
+                                              distance_cap, entropy, e, e ? e + K : NULL, e ? e + 2 * K : NULL,
+                                              e ? e + 3 * K : NULL, ent_width);
+        else
+            status = sb3_gmm_quadrature_entropy(n_batch, K, D, n_points, lw, head + K, s, ls, ent_strides, points,
                                             point_component_stride, point_weights, responsibility_entropy,
                                             distance_cap, entropy, e, e ? e + K : NULL, e ? e + K + KD : NULL,
                                             e ? e + K + 2 * KD : NULL, ent_width);

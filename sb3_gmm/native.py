@@ -286,7 +286,7 @@ def head_evaluate(
     shared_log_std: Optional[th.Tensor],
     actions: th.Tensor,
     bounds: LogStdBounds,
-    rule: Optional[Tuple[th.Tensor, th.Tensor, bool]],
+    rule: Optional[Tuple[th.Tensor, th.Tensor, bool, float]],
     distance_cap: float,
     with_gradient: bool,
 ) -> Tuple[th.Tensor, Optional[th.Tensor], Optional[th.Tensor]]:
@@ -299,7 +299,7 @@ def head_evaluate(
         gradient columns (the last ``K D``) are per element; the caller sums them over the batch
     :param actions: ``[N, D]``
     :param bounds: the log stds' soft clamp
-    :param rule: the entropy's points ``[n, D]`` or ``[K, n, D]``, weights ``[n]`` and integrand
+    :param rule: the entropy's points ``[n, D]`` or ``[K, n, D]``, weights ``[n]``, integrand and union rule's end
         (:class:`sb3_gmm.entropy.quadrature.PointRule`), or None for the log density alone
     :param distance_cap: :func:`sb3_gmm.mixture.max_scaled_distance` of the dtype
     :param with_gradient: also return the gradient buffer
@@ -315,8 +315,9 @@ def head_evaluate(
     buffer = head.new_empty(n_batch, n_values, width) if with_gradient else None
     # Without a rule: no points (NULL), no entropy, and the gradient buffer holds the log density's part alone.
     n_points, points_pointer, component_stride, weights_pointer, responsibility_entropy = 0, None, 0, None, True
+    union_end = 0.0
     if rule is not None:
-        points, point_weights, responsibility_entropy = rule
+        points, point_weights, responsibility_entropy, union_end = rule
         points, point_weights = points.contiguous(), point_weights.contiguous()
         n_points, points_pointer, weights_pointer = point_weights.shape[0], points.data_ptr(), point_weights.data_ptr()
         component_stride = 0 if points.dim() == 2 else points.shape[-2] * dim
@@ -332,8 +333,8 @@ def head_evaluate(
     status = kernels.head_evaluate(
         n_batch, n_components, dim, head.data_ptr(), head.stride(0), shared_pointer, actions.data_ptr(),
         actions.stride(0), *bounds, n_points, points_pointer, component_stride, weights_pointer,
-        int(responsibility_entropy), distance_cap, log_prob.data_ptr(), entropy_pointer, log_prob_grad_pointer,
-        entropy_grad_pointer, n_values * width,
+        int(responsibility_entropy), union_end, distance_cap, log_prob.data_ptr(), entropy_pointer,
+        log_prob_grad_pointer, entropy_grad_pointer, n_values * width,
     )  # fmt: skip
     _check(status, "head", n_components, dim)
     return log_prob, entropy, buffer
@@ -589,7 +590,7 @@ def _load(dtype: th.dtype) -> Kernels:
         pointer, size, pointer, pointer, size,  # head, its batch stride, shared log std (NULL: none), actions, stride
         ctype, ctype, ctype,  # log-std bounds and soft margin
         size, pointer, size, pointer, ctypes.c_int32,  # points, their component stride, weights, integrand
-        ctype,  # distance cap
+        ctype, ctype,  # the union rule's end (0: per-component points), distance cap
         pointer, pointer, pointer, pointer, size,  # log_prob, entropy (NULL: none), their gradients, the stride
     ]  # fmt: skip
     head_evaluate.restype = ctypes.c_int

@@ -75,6 +75,8 @@ def _values_and_grads(distribution, params, log_std, actions, paired: bool):
         (8, 2, None, {}),
         (2, 3, "qmc", {"integrand": "log_responsibility", "n_points": 16}),
         (4, 2, "sigma_points", {"degree": 5}),
+        (4, 1, "qmc", {"rule_1d": "union"}),
+        (8, 1, "qmc", {"rule_1d": "union", "n_points": 32}),
     ],
 )
 def test_paired_evaluation_equals_the_separate_path(
@@ -171,8 +173,8 @@ def test_non_finite_parameters_give_nan_not_numbers():
 
 
 def test_where_the_one_call_path_does_not_apply_the_separate_one_serves(head_calls):
-    # An estimator that is no fixed point rule (the 1-D union rule), and actions that need a gradient.
-    distribution, params, log_std, actions = _bound(4, 1, False, th.float64, entropy_kwargs={"rule_1d": "union"})
+    # An estimator that is no point rule, and actions that need a gradient.
+    distribution, params, log_std, actions = _bound(4, 1, False, th.float64, entropy_method="component_average")
     distribution.log_prob_and_entropy(actions)
     distribution, params, log_std, actions = _bound(4, 1, False, th.float64)
     log_prob, _ = distribution.log_prob_and_entropy(actions.requires_grad_())

@@ -567,11 +567,14 @@ class PointRule(NamedTuple):
     :param points: ``[n, D]`` shared by every component, or ``[K, n, D]`` per component
     :param point_weights: ``[n]``, summing to one
     :param responsibility_entropy: the integrand (see the module docstring)
+    :param union_end: 0 for the per-component rule; for qmc's 1-D union rule (:func:`union_rule_entropy`) its
+        :data:`UNION_RULE_END`, with ``points`` the ascending unit nodes ``[n, 1]``
     """
 
     points: th.Tensor
     point_weights: th.Tensor
     responsibility_entropy: bool
+    union_end: float = 0.0
 
 
 @lru_cache(maxsize=128)
@@ -654,9 +657,12 @@ def _qmc_point_rule(
     fused: bool = True,
     rule_1d: str = RULES_1D[0],
 ) -> Optional[PointRule]:
-    if not fused or (dim == 1 and rule_1d != RULES_1D[0]):
-        return None  # autograd through torch ops, or the union rule: not a fixed point set
+    if not fused:
+        return None  # autograd through every op
     points, point_weights, _ = _qmc_rule(n_components, dim, n_points, seed, dtype, device)
+    if dim == 1 and rule_1d == "union":
+        # qmc itself refuses the union rule with the other integrand: leave that error to it.
+        return PointRule(points, point_weights, True, UNION_RULE_END) if integrand == INTEGRANDS[0] else None
     return PointRule(points, point_weights, integrand == INTEGRANDS[0])
 
 
