@@ -45,7 +45,7 @@ def soft_clamp(values: th.Tensor, low: float, high: float, margin: float = LOG_S
     :param high: upper bound, approached but never reached
     :param margin: width of each saturating stretch (clipped to half the interval)
     """
-    margin = min(margin, 0.5 * (high - low))
+    low, high, margin = soft_clamp_bounds(low, high, margin)
     inner_low, inner_high = low + margin, high - margin
     # Fast path, exact (value and gradient): in training the log stds sit inside the bounds nearly always, and on
     # the CPU the ten recorded ops of the general case cost more than the rest of proba_distribution. (On a GPU the
@@ -60,6 +60,16 @@ def soft_clamp(values: th.Tensor, low: float, high: float, margin: float = LOG_S
     above = high - margin * th.exp(-(values - inner_high).clamp(min=0.0) / margin)
     below = low + margin * th.exp(-(inner_low - values).clamp(min=0.0) / margin)
     return th.where(values > inner_high, above, th.where(values < inner_low, below, values))
+
+
+def soft_clamp_bounds(low: float, high: float, margin: float = LOG_STD_SOFT_MARGIN) -> native.LogStdBounds:
+    """:func:`soft_clamp`'s bounds with the margin clipped to half the interval (as the compiled kernels take them).
+
+    :param low: lower bound
+    :param high: upper bound
+    :param margin: width of each saturating stretch before clipping
+    """
+    return native.LogStdBounds(float(low), float(high), min(margin, 0.5 * (high - low)))
 
 
 def check_finite_mixture_parameters(owner: str, parts: Dict[str, th.Tensor], batch_dims: int) -> None:
@@ -232,9 +242,7 @@ class GMMDistribution(Distribution):
         self._action_params: Optional[th.Tensor] = None
         self._log_std_param: Optional[th.Tensor] = None
         self._binding_cache: Optional[_Binding] = None
-        self.log_std_bounds = native.LogStdBounds(
-            self.log_std_min, self.log_std_max, min(LOG_STD_SOFT_MARGIN, 0.5 * (self.log_std_max - self.log_std_min))
-        )
+        self.log_std_bounds = soft_clamp_bounds(self.log_std_min, self.log_std_max)
         # Set by the policy around SB3's evaluate_actions, which asks for log_prob(actions) and then entropy() of the
         # same batch: log_prob then computes both in one compiled call and keeps the entropy for entropy().
         self.pair_entropy_with_log_prob = False

@@ -255,3 +255,15 @@ def test_the_pairing_is_switched_off_when_evaluate_actions_raises():
     with pytest.raises(RuntimeError):
         model.policy.evaluate_actions(th.randn(4, 5), th.randn(4, 1))  # wrong observation size
     assert model.policy.gmm_distribution.pair_entropy_with_log_prob is False
+
+
+def test_custom_log_std_bounds_with_a_clipped_margin(head_calls):
+    # An interval narrower than two margins: the margin is clipped to half of it in both paths.
+    settings = dict(log_std_min=-1.0, log_std_max=-0.4)
+    distribution, params, log_std, actions = _bound(3, 2, True, th.float64, **settings)
+    log_prob, entropy, grads = _values_and_grads(distribution, params, log_std, actions, paired=True)
+    ref_log_prob, ref_entropy, ref_grads = _values_and_grads(distribution, params, log_std, actions, paired=False)
+    assert head_calls == [True]
+    th.testing.assert_close(log_prob, ref_log_prob)
+    th.testing.assert_close(entropy, ref_entropy)
+    th.testing.assert_close(grads[0], ref_grads[0])
