@@ -267,3 +267,26 @@ def test_custom_log_std_bounds_with_a_clipped_margin(head_calls):
     th.testing.assert_close(log_prob, ref_log_prob)
     th.testing.assert_close(entropy, ref_entropy)
     th.testing.assert_close(grads[0], ref_grads[0])
+
+
+def test_recurrent_ppo_evaluate_actions_equals_sb3_contribs(head_calls):
+    from sb3_contrib import RecurrentPPO
+    from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+    from sb3_contrib.common.recurrent.type_aliases import RNNStates
+
+    from sb3_gmm import GMMRecurrentActorCriticPolicy
+
+    model = RecurrentPPO(GMMRecurrentActorCriticPolicy, "Pendulum-v1", n_steps=16, batch_size=16, device="cpu", seed=0)
+    policy = model.policy
+    n_layers, _, hidden = policy.lstm_hidden_state_shape
+    generator = th.Generator().manual_seed(0)
+    lstm = tuple(0.1 * th.randn(n_layers, 8, hidden, generator=generator) for _ in range(2))
+    states = RNNStates(lstm, lstm)
+    observations, actions = th.randn(8, 3, generator=generator), th.randn(8, 1, generator=generator)
+    episode_starts = th.zeros(8)
+    outputs = policy.evaluate_actions(observations, actions, states, episode_starts)
+    assert head_calls == [True]
+    with native.disabled():
+        reference = RecurrentActorCriticPolicy.evaluate_actions(policy, observations, actions, states, episode_starts)
+    for output, expected in zip(outputs, reference):
+        th.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5)
