@@ -588,6 +588,11 @@ static void bind_element(const REAL *row, int64_t K, int64_t D, int head_log_std
     for (int64_t f = 0; f < n_params; ++f) ok &= usable(row[f], 0);
     if (!ok) {
         fill_nan(lw, K);
+        if (head_log_stds) {
+            fill_nan(ls, K * D);
+            fill_nan(s, K * D);
+            fill_nan(slope, K * D);
+        }
         return;
     }
     REAL largest = row[0];
@@ -729,7 +734,9 @@ int sb3_gmm_head_sample(int64_t n_batch, int64_t n_components, int64_t dim, cons
             if (key > best) best = key, chosen = k;
         }
         const REAL *mu = row + K + chosen * D, *s_b = s + b * std_stride + chosen * D;
-        for (int64_t d = 0; d < D; ++d) actions[b * D + d] = mu[d] + s_b[d] * normal[b * D + d];
+        /* An element with unusable parameters (bind_element left NaN log weights) draws NaN, as torch's draw would. */
+        const int ok = usable(lw[b * K], 0);
+        for (int64_t d = 0; d < D; ++d) actions[b * D + d] = ok ? mu[d] + s_b[d] * normal[b * D + d] : not_a_number();
     }
     const int64_t strides[5] = {D, K, head_stride, std_stride, std_stride};
     const int status = sb3_gmm_mixture_log_prob(n_batch, K, D, actions, lw, head + K, s, ls, strides, distance_cap,

@@ -290,3 +290,19 @@ def test_recurrent_ppo_evaluate_actions_equals_sb3_contribs(head_calls):
         reference = RecurrentActorCriticPolicy.evaluate_actions(policy, observations, actions, states, episode_starts)
     for output, expected in zip(outputs, reference):
         th.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("state_dependent_std", [False, True])
+def test_a_draw_from_non_finite_parameters_is_nan(state_dependent_std):
+    distribution, params, log_std, _ = _bound(3, 2, state_dependent_std, th.float32, validate_args=False)
+    params = params.detach().clone()
+    params[2, 0] = float("nan")  # a logit
+    params[4, -1] = float("inf")  # a mean (or a raw log std)
+    with th.no_grad():
+        distribution.proba_distribution(params, None if log_std is None else log_std.detach())
+        actions = distribution.sample()
+        log_prob = distribution.log_prob(actions)
+    bad = th.zeros(16, dtype=th.bool)
+    bad[[2, 4]] = True
+    assert actions[bad].isnan().all() and log_prob[bad].isnan().all()
+    assert actions[~bad].isfinite().all() and log_prob[~bad].isfinite().all()
