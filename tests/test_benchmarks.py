@@ -204,3 +204,17 @@ def test_claimed_gives_each_run_to_one_process(tmp_path):
             assert first and not second
         assert result.with_suffix(".claim").exists()  # the refused claim leaves the holder's file alone
     assert not result.with_suffix(".claim").exists()
+
+
+def test_entropy_cost_measures_and_renders_its_tables(monkeypatch):
+    """One small cell of benchmarks/entropy_cost.py end to end (its calls reach into the distribution's internals)."""
+    from benchmarks import _report, entropy_cost
+
+    monkeypatch.setattr(entropy_cost, "CELLS", ((2, 1),))
+    monkeypatch.setattr(entropy_cost, "STEP_COMPONENTS", (2,))
+    payload = entropy_cost.measure(rounds=1, per_round=1)
+    payload.update(record=_report.run_record("benchmarks.entropy_cost", []), minutes=0.0)
+    text = entropy_cost.render(payload)
+    assert all(setting in text for setting in entropy_cost.STEP_SETTINGS)
+    assert "one call, rule_1d='union' us" in text and "| 2 | 1 | 36 |" in text
+    assert all(len(samples) == 1 and samples[0] > 0 for samples in payload["samples"].values())
