@@ -624,6 +624,19 @@ static void bind_shared(const REAL *raw, int64_t KD, REAL low, REAL high, REAL m
     }
 }
 
+/* A batch's binding into the workspace: log weights [B, K], and log stds, stds and clamp slopes [B, K, D] (log stds in
+ * the head) or [K, D] (the shared parameter, bound once). Returns the batch stride of the last three (K D or 0). */
+static int64_t bind_batch(int64_t n_batch, int64_t K, int64_t D, const REAL *head, int64_t head_stride,
+                          const REAL *shared_log_std, REAL low, REAL high, REAL margin, REAL *lw, REAL *ls, REAL *s,
+                          REAL *slope) {
+    const int head_log_stds = shared_log_std == NULL;
+    if (!head_log_stds) bind_shared(shared_log_std, K * D, low, high, margin, ls, s, slope);
+    for (int64_t b = 0; b < n_batch; ++b)
+        bind_element(head + b * head_stride, K, D, head_log_stds, low, high, margin, lw + b * K, ls + b * K * D,
+                     s + b * K * D, slope + b * K * D);
+    return head_log_stds ? K * D : 0;
+}
+
 /* The chain rule from the kernels' gradients (log weights [K], means / stds [K, D], log stds [K, D] or, with
  * ls_per_component, [K] summed over D) to the head's outputs: logits [K], means [K, D], raw log stds [K, D]. */
 static void chain_to_head(const REAL *g_lw, const REAL *g_mu, const REAL *g_s, const REAL *g_ls, int ls_per_component,
@@ -665,11 +678,8 @@ int sb3_gmm_head_evaluate(int64_t n_batch, int64_t n_components, int64_t dim, co
     if (work == NULL) return 1;
     REAL *lw = work, *ls = lw + n_batch * K, *s = ls + std_rows * KD, *slope = s + std_rows * KD;
     REAL *lp_grad = slope + std_rows * KD, *ent_grad = lp_grad + (with_gradient ? n_batch * lp_width : 0);
-    if (!head_log_stds) bind_shared(shared_log_std, KD, low, high, margin, ls, s, slope);
-    for (int64_t b = 0; b < n_batch; ++b)
-        bind_element(head + b * head_stride, K, D, head_log_stds, low, high, margin, lw + b * K, ls + b * KD,
-                     s + b * KD, slope + b * KD);
-    const int64_t std_stride = head_log_stds ? KD : 0;
+    const int64_t std_stride =
+        bind_batch(n_batch, K, D, head, head_stride, shared_log_std, low, high, margin, lw, ls, s, slope);
     const int64_t lp_strides[5] = {action_stride, K, head_stride, std_stride, std_stride};
     REAL *g = with_gradient ? lp_grad : NULL;
     int status = sb3_gmm_mixture_log_prob(n_batch, K, D, actions, lw, head + K, s, ls, lp_strides, distance_cap,
@@ -719,13 +729,11 @@ int sb3_gmm_head_sample(int64_t n_batch, int64_t n_components, int64_t dim, cons
     REAL *work = (REAL *)malloc((size_t)(n_batch * K + 3 * std_rows * KD) * sizeof(REAL));
     if (work == NULL) return 1;
     REAL *lw = work, *ls = lw + n_batch * K, *s = ls + std_rows * KD, *slope = s + std_rows * KD;
-    if (!head_log_stds) bind_shared(shared_log_std, KD, low, high, margin, ls, s, slope);
-    const int64_t std_stride = head_log_stds ? KD : 0;
+    const int64_t std_stride =
+        bind_batch(n_batch, K, D, head, head_stride, shared_log_std, low, high, margin, lw, ls, s, slope);
     for (int64_t b = 0; b < n_batch; ++b) {
         const REAL *row = head + b * head_stride;
-        bind_element(row, K, D, head_log_stds, low, high, margin, lw + b * K, ls + b * KD, s + b * KD,
-                     slope + b * KD);
-        /* The first largest, as torch.argmax; NaN logits leave component 0, and the NaN log density reports them. */
+        /* The first largest, as torch.argmax (NaN logits leave component 0; such an element draws NaN below). */
         const REAL *noise = log_exponential + b * K;
         int64_t chosen = 0;
         REAL best = row[0] - noise[0];
