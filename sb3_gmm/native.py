@@ -1,12 +1,14 @@
-"""Compiled kernels for the two hot paths: built with the system's C compiler on first use, cached, optional.
+"""Compiled kernels for the mixture's hot paths: built with the system's C compiler on first use, cached, optional.
 
 At RL minibatch sizes eager PyTorch pays several microseconds per op on a CPU, so the cost of the mixture's math is
-mostly bookkeeping, not arithmetic (docs/performance.md). ``_kernels.c`` holds two functions that each do a forward
-and its first derivative in one call:
+mostly bookkeeping, not arithmetic (docs/performance.md). ``_kernels.c`` holds functions that each do a forward and
+its first derivative in one call:
 
 - the quadrature entropy estimate of :mod:`sb3_gmm.entropy.quadrature` (qmc, sigma points), whose fused torch path
-  is ~90 ops (about 2x faster at K <= 4, more at K = 8);
-- the mixture log density of :func:`sb3_gmm.mixture.mixture_log_prob` (~20 ops forward and backward in torch).
+  is ~90 ops (about 2x faster at K <= 4, more at K = 8), and qmc's 1-D union rule;
+- the mixture log density of :func:`sb3_gmm.mixture.mixture_log_prob` (~20 ops forward and backward in torch);
+- a policy head's log density and entropy together, from the head's raw outputs, and the rollout's draw with its log
+  density (:mod:`sb3_gmm.compiled_head`).
 
 It is plain C (no Python or torch headers), so building it takes about a second. The first process that needs it
 compiles it into a cache directory; later ones load the cached library. Without a working compiler (or on
@@ -324,11 +326,11 @@ def head_evaluate(
     if shared_log_std is not None:
         shared_log_std = shared_log_std.contiguous()  # kept referenced until the call returns
     shared_pointer = None if shared_log_std is None else shared_log_std.data_ptr()
-    # Pointer arithmetic rather than indexing: an indexed view costs a microsecond or two at this call rate.
     entropy_pointer = None if entropy is None else entropy.data_ptr()
     log_prob_grad_pointer = entropy_grad_pointer = None
     if buffer is not None:
         log_prob_grad_pointer = buffer.data_ptr()
+        # Pointer arithmetic rather than indexing: an indexed view costs a microsecond or two at this call rate.
         entropy_grad_pointer = None if rule is None else log_prob_grad_pointer + width * buffer.element_size()
     status = kernels.head_evaluate(
         n_batch, n_components, dim, head.data_ptr(), head.stride(0), shared_pointer, actions.data_ptr(),
@@ -559,47 +561,45 @@ def _load(dtype: th.dtype) -> Kernels:
                 os.unlink(partial)
     loaded = ctypes.CDLL(str(library_path))
     size, pointer = ctypes.c_int64, ctypes.c_void_p
-    entropy = loaded.sb3_gmm_quadrature_entropy
-    entropy.argtypes = [
-        size, size, size, size,  # batch, components, dim, points
-        pointer, pointer, pointer, pointer, pointer,  # log_weights, means, stds, log_stds, their batch strides
-        pointer, size, pointer,  # points, their component stride, point weights
-        ctypes.c_int32, ctype,  # responsibility_entropy, distance cap
-        pointer, pointer, pointer, pointer, pointer, size,  # value, gradients (NULL: none), their batch stride
-    ]  # fmt: skip
-    entropy.restype = ctypes.c_int
-    log_prob = loaded.sb3_gmm_mixture_log_prob
-    log_prob.argtypes = [
-        size, size, size,  # batch, components, dim
-        pointer, pointer, pointer, pointer, pointer, pointer,  # x, log_weights, means, stds, log_stds, batch strides
-        ctype,  # distance cap
-        pointer, pointer, pointer, pointer, pointer, pointer, size,  # value, gradients (NULL: none), batch stride
-    ]  # fmt: skip
-    log_prob.restype = ctypes.c_int
-    union = loaded.sb3_gmm_union_entropy_1d
-    union.argtypes = [
-        size, size, size,  # batch, components, nodes per component
-        pointer, pointer, pointer, pointer, pointer,  # log_weights, means, stds, log_stds, their batch strides
-        pointer, ctype, ctype,  # unit nodes, end, distance cap
-        pointer, pointer, pointer, pointer, pointer, size,  # value, gradients (NULL: none), their batch stride
-    ]  # fmt: skip
-    union.restype = ctypes.c_int
-    head_evaluate = loaded.sb3_gmm_head_evaluate
-    head_evaluate.argtypes = [
-        size, size, size,  # batch, components, dim
-        pointer, size, pointer, pointer, size,  # head, its batch stride, shared log std (NULL: none), actions, stride
-        ctype, ctype, ctype,  # log-std bounds and soft margin
-        size, pointer, size, pointer, ctypes.c_int32,  # points, their component stride, weights, integrand
-        ctype, ctype,  # the union rule's end (0: per-component points), distance cap
-        pointer, pointer, pointer, pointer, size,  # log_prob, entropy (NULL: none), their gradients, the stride
-    ]  # fmt: skip
-    head_evaluate.restype = ctypes.c_int
-    head_sample = loaded.sb3_gmm_head_sample
-    head_sample.argtypes = [
-        size, size, size, pointer, size, pointer,  # batch, components, dim, head, its stride, shared log std
-        ctype, ctype, ctype,  # log-std bounds and soft margin
-        pointer, pointer, ctype,  # log Exp(1) noise [B, K], normal noise [B, D], distance cap
-        pointer, pointer,  # actions [B, D], log_prob [B]
-    ]  # fmt: skip
-    head_sample.restype = ctypes.c_int
-    return Kernels(entropy, log_prob, union, head_evaluate, head_sample)
+
+    def declare(name: str, argtypes: List[Any]) -> Any:
+        function = getattr(loaded, name)
+        function.argtypes = argtypes
+        function.restype = ctypes.c_int  # 0, or 1 when the workspace could not be allocated
+        return function
+
+    return Kernels(
+        quadrature_entropy=declare("sb3_gmm_quadrature_entropy", [
+            size, size, size, size,  # batch, components, dim, points
+            pointer, pointer, pointer, pointer, pointer,  # log_weights, means, stds, log_stds, their batch strides
+            pointer, size, pointer,  # points, their component stride, point weights
+            ctypes.c_int32, ctype,  # responsibility_entropy, distance cap
+            pointer, pointer, pointer, pointer, pointer, size,  # value, gradients (NULL: none), their batch stride
+        ]),
+        mixture_log_prob=declare("sb3_gmm_mixture_log_prob", [
+            size, size, size,  # batch, components, dim
+            pointer, pointer, pointer, pointer, pointer, pointer,  # x, log_weights, means, stds, log_stds, strides
+            ctype,  # distance cap
+            pointer, pointer, pointer, pointer, pointer, pointer, size,  # value, gradients (NULL: none), stride
+        ]),
+        union_entropy_1d=declare("sb3_gmm_union_entropy_1d", [
+            size, size, size,  # batch, components, nodes per component
+            pointer, pointer, pointer, pointer, pointer,  # log_weights, means, stds, log_stds, their batch strides
+            pointer, ctype, ctype,  # unit nodes, end, distance cap
+            pointer, pointer, pointer, pointer, pointer, size,  # value, gradients (NULL: none), their batch stride
+        ]),
+        head_evaluate=declare("sb3_gmm_head_evaluate", [
+            size, size, size,  # batch, components, dim
+            pointer, size, pointer, pointer, size,  # head, its stride, shared log std (NULL: none), actions, stride
+            ctype, ctype, ctype,  # log-std bounds and soft margin
+            size, pointer, size, pointer, ctypes.c_int32,  # points, their component stride, weights, integrand
+            ctype, ctype,  # the union rule's end (0: per-component points), distance cap
+            pointer, pointer, pointer, pointer, size,  # log_prob, entropy (NULL: none), their gradients, the stride
+        ]),
+        head_sample=declare("sb3_gmm_head_sample", [
+            size, size, size, pointer, size, pointer,  # batch, components, dim, head, its stride, shared log std
+            ctype, ctype, ctype,  # log-std bounds and soft margin
+            pointer, pointer, ctype,  # log Exp(1) noise [B, K], normal noise [B, D], distance cap
+            pointer, pointer,  # actions [B, D], log_prob [B]
+        ]),
+    )  # fmt: skip
