@@ -10,7 +10,7 @@ Values and gradients equal the separate path's up to rounding (tests/test_compil
 (``create_graph=True``) differentiate that path instead, so they are exact too.
 """
 
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch as th
 
@@ -29,8 +29,8 @@ def evaluate(
     bounds: native.LogStdBounds,
     rule: Optional[Tuple[th.Tensor, th.Tensor, bool]],
     reference: Reference,
-) -> Tuple[th.Tensor, ...]:
-    """``(log_prob, entropy)`` of a batch (``(log_prob,)`` without a rule), each ``[...]``, as one autograd node.
+) -> Tuple[th.Tensor, Optional[th.Tensor]]:
+    """``(log_prob, entropy)`` of a batch (entropy None without a rule), each ``[...]``, as one autograd node.
 
     :param kernels: :func:`sb3_gmm.native.library` of the inputs' dtype
     :param action_params: the head's outputs ``[..., K + K D (+ K D)]`` (logits, means, raw log stds in the head)
@@ -44,7 +44,7 @@ def evaluate(
     outputs = _CompiledHeadEvaluation.apply(
         action_params, log_std, actions, kernels, bounds, rule, reference, with_gradient
     )
-    return outputs if isinstance(outputs, tuple) else (outputs,)
+    return outputs if isinstance(outputs, tuple) else (outputs, None)
 
 
 def sample(
@@ -113,7 +113,7 @@ class _CompiledHeadEvaluation(th.autograd.Function):
             return nothing
         if th.is_grad_enabled():
             inputs = (action_params, log_std, actions)
-            return (*_differentiable_gradients(ctx.reference, inputs, grad_outputs), *nothing[3:])
+            return native.differentiable_gradients(ctx.reference, inputs, ctx.needs_input_grad, grad_outputs, 8)
         # Per element: each incoming gradient times its value's gradient (a row of the buffer [N, 1 or 2, P]).
         parts = [(grad.reshape(-1, 1), buffer[:, index]) for index, grad in enumerate(grad_outputs) if grad is not None]
         combined = parts[0][0] * parts[0][1]
@@ -126,25 +126,3 @@ class _CompiledHeadEvaluation(th.autograd.Function):
             # The shared parameter's gradient: each element's part, summed over the batch.
             grad_log_std = combined[:, n_params:].sum(0).view(log_std.shape)
         return grad_params, grad_log_std, *nothing[2:]
-
-
-def _differentiable_gradients(
-    reference: Reference, inputs: Sequence[Optional[th.Tensor]], grad_outputs: Sequence[Optional[th.Tensor]]
-) -> Tuple[Optional[th.Tensor], ...]:
-    """The gradients w.r.t. ``(action_params, log_std, actions)`` through the reference, recording a graph."""
-    # Fresh views as the roots keep the graph to the inputs (as native.differentiable_gradients does).
-    roots = [None if tensor is None else tensor.view_as(tensor) for tensor in inputs]
-    outputs = reference(*roots)
-    pairs = [(output, grad) for output, grad in zip(outputs, grad_outputs) if grad is not None]
-    targets = [(index, root) for index, root in enumerate(roots) if root is not None and root.requires_grad]
-    found = th.autograd.grad(
-        [output for output, _ in pairs],
-        [root for _, root in targets],
-        [grad for _, grad in pairs],
-        create_graph=True,
-        allow_unused=True,
-    )
-    grads: List[Optional[th.Tensor]] = [None, None, None]
-    for (index, _), grad in zip(targets, found):
-        grads[index] = grad
-    return tuple(grads)

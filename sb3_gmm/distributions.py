@@ -496,10 +496,9 @@ class GMMDistribution(Distribution):
         kernels = native.library(dtype)
         if kernels is None:
             return None
-        outputs = compiled_head.evaluate(
+        return compiled_head.evaluate(
             kernels, action_params, log_std, actions, self.log_std_bounds, rule, self._torch_evaluation
         )
-        return outputs[0], (outputs[1] if rule is not None else None)
 
     def _point_rule(self, dtype: th.dtype, device: th.device) -> Optional[PointRule]:
         """The entropy estimator's point rule for this distribution (None: it is no fixed rule), cached."""

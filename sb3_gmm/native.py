@@ -419,32 +419,40 @@ def _check(status: int, kernel: str, n_components: int, dim: int) -> None:
 
 
 def differentiable_gradients(
-    reference: Callable[..., th.Tensor],
-    inputs: Sequence[th.Tensor],
+    reference: Callable[..., Any],
+    inputs: Sequence[Optional[th.Tensor]],
     needs_input_grad: Sequence[bool],
-    grad_output: th.Tensor,
+    grad_outputs: Any,
     n_grads: int,
 ) -> Tuple[Optional[th.Tensor], ...]:
     """The backward of a Function whose first derivative the kernel precomputed, when the backward records a graph
     (second derivatives, ``create_graph=True``): autograd of the torch ``reference(*inputs)`` instead, so the
-    gradient is itself differentiable in the inputs and in ``grad_output``.
+    gradient is itself differentiable in the inputs and in the incoming gradients.
 
-    :param reference: the torch formula the kernel computes
-    :param inputs: the Function's tensor inputs that ``reference`` takes, in its order
+    :param reference: the torch formula the kernel computes: one tensor, or a tuple of them
+    :param inputs: the Function's tensor inputs that ``reference`` takes, in its order (None for an absent one)
     :param needs_input_grad: ``ctx.needs_input_grad`` (the inputs first)
-    :param grad_output: the incoming gradient
+    :param grad_outputs: the incoming gradient, or one per output of a tuple (None: that output got none)
     :param n_grads: how many gradients the Function's backward returns (None for the rest)
     """
     # Fresh views as the roots: the gradient w.r.t. stds must not also collect the path through log_stds when the
     # caller's log_stds = stds.log() (the engine adds that path itself), yet the views keep the graph to the inputs.
-    roots = [tensor.view_as(tensor) for tensor in inputs]
+    roots = [None if tensor is None else tensor.view_as(tensor) for tensor in inputs]
     wanted = [index for index in range(len(roots)) if needs_input_grad[index]]
     grads: List[Optional[th.Tensor]] = [None] * n_grads
     if not wanted:
         return tuple(grads)
-    value = reference(*roots)
-    targets = [roots[index] for index in wanted]
-    found = th.autograd.grad(value, targets, grad_output, create_graph=True, allow_unused=True)
+    values = reference(*roots)
+    if isinstance(values, th.Tensor):
+        values, grad_outputs = (values,), (grad_outputs,)
+    pairs = [(value, grad) for value, grad in zip(values, grad_outputs) if grad is not None]
+    found = th.autograd.grad(
+        [value for value, _ in pairs],
+        [roots[index] for index in wanted],
+        [grad for _, grad in pairs],
+        create_graph=True,
+        allow_unused=True,
+    )
     for index, grad in zip(wanted, found):
         grads[index] = grad
     return tuple(grads)
