@@ -476,14 +476,11 @@ class GMMDistribution(Distribution):
         """Log density and entropy (None with ``entropy_in_loss=False``) in one compiled call, or None where it
         does not apply."""
         action_params, log_std = self._action_params, self._log_std_param
-        if not action_params.is_cpu or th.compiler.is_compiling():
-            return None
         dtype = action_params.dtype
         if (
             actions.dtype != dtype
             or actions.requires_grad
             or actions.shape != (*action_params.shape[:-1], self.action_dim)
-            or (log_std is not None and log_std.dtype != dtype)
         ):
             return None
         rule = None
@@ -493,12 +490,22 @@ class GMMDistribution(Distribution):
             n_points = None if rule is None else rule.point_weights.shape[0]
             if rule is None or not kernel_preferred(n_elements, self.n_components, n_points, actions.element_size()):
                 return None
-        kernels = native.library(dtype)
+        kernels = self._head_kernels()
         if kernels is None:
             return None
         return compiled_head.evaluate(
             kernels, action_params, log_std, actions, self.log_std_bounds, rule, self._torch_evaluation
         )
+
+    def _head_kernels(self) -> Optional[native.Kernels]:
+        """The compiled kernels where the one-call paths can take the bound head: CPU tensors of one dtype, outside
+        torch.compile (which traces the separate methods instead)."""
+        action_params, log_std = self._action_params, self._log_std_param
+        if not action_params.is_cpu or th.compiler.is_compiling():
+            return None
+        if log_std is not None and log_std.dtype != action_params.dtype:
+            return None
+        return native.library(action_params.dtype)
 
     def _point_rule(self, dtype: th.dtype, device: th.device) -> Optional[PointRule]:
         """The entropy estimator's point rule for this distribution (None: it is no fixed rule), cached."""
@@ -549,49 +556,39 @@ class GMMDistribution(Distribution):
         With one component no index is drawn, so the random stream (and the sample) is the plain Gaussian's.
         """
         self._require_bound("sample")
-        action_params = self._action_params
+        action_params, log_std = self._action_params, self._log_std_param
         batch_shape = action_params.shape[:-1]
-        kernels = self._sampling_kernels()
-        if self.n_components == 1:
-            if kernels is not None:
-                # No component to draw (no noise for it): the Gaussian's draw, on the same random stream.
-                no_choice = action_params.new_zeros(*batch_shape, 1)
-                normal = action_params.new_empty(*batch_shape, self.action_dim).normal_()
-                self._sampled = compiled_head.sample(
-                    kernels, action_params, self._log_std_param, self.log_std_bounds, no_choice, normal
-                )
-                return self._sampled[0]
-            bound = self._binding()
-            means, stds = bound.means.squeeze(-2), bound.stds.squeeze(-2)
-            return means + stds * th.randn_like(means)
-        # Gumbel-max: argmax(logits + Gumbel noise) is an exact draw from softmax(logits), in four cheap ops (a
-        # Categorical or multinomial costs several times more at rollout batch sizes).
-        gumbel_noise = action_params.new_empty(*batch_shape, self.n_components).exponential_().log_()  # -Gumbel
+        # The rollout (no gradient recorded) draws through the compiled kernel, with the same noise in the same order.
+        kernels = None if native.records_graph(self._head_inputs()) else self._head_kernels()
+        component_noise = None
+        if self.n_components > 1:
+            # Gumbel-max: argmax(logits + Gumbel noise) is an exact draw from softmax(logits), in four cheap ops (a
+            # Categorical or multinomial costs several times more at rollout batch sizes).
+            component_noise = action_params.new_empty(*batch_shape, self.n_components).exponential_().log_()  # -Gumbel
         if kernels is not None:
-            # The rollout (no gradient): the same noise in the same order, then the draw and its log density in one
-            # call; log_prob of the returned tensor reads the density.
+            # One call draws and computes the log density; log_prob of the returned tensor reads it. With one
+            # component there is no noise to draw (the kernel's choice is then trivially that component).
+            if component_noise is None:
+                component_noise = action_params.new_zeros(*batch_shape, 1)
             normal = action_params.new_empty(*batch_shape, self.action_dim).normal_()
             self._sampled = compiled_head.sample(
-                kernels, action_params, self._log_std_param, self.log_std_bounds, gumbel_noise, normal
+                kernels, action_params, log_std, self.log_std_bounds, component_noise, normal
             )
             return self._sampled[0]
         bound = self._binding()
-        components = (bound.logits.detach() - gumbel_noise).argmax(-1)
+        if component_noise is None:
+            means, stds = bound.means.squeeze(-2), bound.stds.squeeze(-2)
+            return means + stds * th.randn_like(means)
+        components = (bound.logits.detach() - component_noise).argmax(-1)
         index = components.view(*batch_shape, 1, 1).expand(*batch_shape, 1, self.action_dim)
         means = bound.means.gather(-2, index).squeeze(-2)
         stds = bound.stds.gather(-2, index).squeeze(-2)
         return means + stds * th.randn_like(means)
 
-    def _sampling_kernels(self) -> Optional[native.Kernels]:
-        """The compiled kernels where :meth:`sample` can draw through them: CPU, no gradient recorded."""
-        action_params, log_std = self._action_params, self._log_std_param
-        if th.is_grad_enabled() and (action_params.requires_grad or (log_std is not None and log_std.requires_grad)):
-            return None
-        if not action_params.is_cpu or th.compiler.is_compiling():
-            return None
-        if log_std is not None and log_std.dtype != action_params.dtype:
-            return None
-        return native.library(action_params.dtype)
+    def _head_inputs(self) -> Tuple[th.Tensor, ...]:
+        """The bound head's outputs and, when state independent, the log-std parameter (what gradients reach)."""
+        log_std = self._log_std_param
+        return (self._action_params,) if log_std is None else (self._action_params, log_std)
 
     def mode(self) -> th.Tensor:
         """The most probable action found from the component means (no gradient).
