@@ -64,6 +64,21 @@ def evaluated_points(n_components: int, dim: int, n_points: int) -> int:
     return int(points.shape[-2])
 
 
+def fixed_head(
+    n_components: int, dim: int, **options: Any
+) -> Tuple[GMMDistribution, th.Tensor, th.Tensor, th.Generator]:
+    """A distribution with a fixed random head output ``[B, n_params]`` and ``[K, D]`` log stds (both requiring
+    gradients) to bind, and the generator that drew them (for any further fixed draws).
+
+    :param options: the distribution's keyword arguments (``entropy_method``, ``entropy_kwargs``)
+    """
+    generator = th.Generator().manual_seed(0)
+    distribution = GMMDistribution(dim, n_components, **options)
+    head_output = th.randn(BATCH_SIZE, distribution.n_params, generator=generator).requires_grad_()
+    log_std = (0.3 * th.randn(n_components, dim, generator=generator)).requires_grad_()
+    return distribution, head_output, log_std, generator
+
+
 def entropy_call(
     n_components: int, dim: int, bind_only: bool = False, compiled: bool = True, **options: Any
 ) -> Callable[[], None]:
@@ -74,10 +89,7 @@ def entropy_call(
     :param compiled: False: the torch path (``native.disabled()``) even where the compiled kernel is available
     :param options: ``entropy_method`` and ``entropy_kwargs`` of the distribution
     """
-    generator = th.Generator().manual_seed(0)
-    distribution = GMMDistribution(dim, n_components, **options)
-    head_output = th.randn(BATCH_SIZE, distribution.n_params, generator=generator).requires_grad_()
-    log_std = (0.3 * th.randn(n_components, dim, generator=generator)).requires_grad_()
+    distribution, head_output, log_std, _ = fixed_head(n_components, dim, **options)
 
     def call() -> None:
         distribution.proba_distribution(head_output, log_std)
@@ -101,10 +113,7 @@ def evaluation_call(n_components: int, dim: int, one_call: bool, **options: Any)
         False: the two methods separately (the binding's ops, the log density's and the estimate's Functions)
     :param options: ``entropy_kwargs`` of the distribution (the default estimator's options)
     """
-    generator = th.Generator().manual_seed(0)
-    distribution = GMMDistribution(dim, n_components, entropy_kwargs=options or None)
-    head_output = th.randn(BATCH_SIZE, distribution.n_params, generator=generator).requires_grad_()
-    log_std = (0.3 * th.randn(n_components, dim, generator=generator)).requires_grad_()
+    distribution, head_output, log_std, generator = fixed_head(n_components, dim, entropy_kwargs=options or None)
     actions = th.randn(BATCH_SIZE, dim, generator=generator)
 
     def call() -> None:
