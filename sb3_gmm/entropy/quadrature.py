@@ -73,6 +73,19 @@ INTEGRANDS = ("responsibility_entropy", "log_responsibility")
 RULES_1D = ("per_component", "union")
 # The union rule's outermost nodes: each component's mean +- this many stds, so the trapezoid covers the support.
 UNION_RULE_END = 6.0
+# qmc's rules in D >= 2: each component's integral on its own points (the default), or every component's points
+# pooled by multiple importance sampling, with narrow components' points widened (widened_mis_entropy).
+RULES_ND = ("per_component", "widened_mis")
+# widened_mis: a component whose std in a dimension is more than MIS_RATIO times below the widest component's there
+# is narrow in it, and its points spread out by up to MIS_WIDENING there (a smooth step, MIS_SHARPNESS per unit of
+# log ratio; the widest std is a soft maximum at temperature 1 / MIS_SOFT_MAX). Chosen on the narrow_heavy family
+# (benchmarks/mis_rule.py): 2x puts the narrow component's points on the thin shell, about 3 of its stds out, where its
+# responsibility hands over to the wide components. A ratio of 4 also widened concentric components (widths up to
+# 4x) in many dimensions at once, and the importance weights of D = 32 degraded (0.13 nats off); 8 leaves them alone.
+MIS_WIDENING = 2.0
+MIS_RATIO = 8.0
+MIS_SHARPNESS = 8.0
+MIS_SOFT_MAX = 4.0
 FUSED_OPTION = Option(
     True,
     one_of(True, False),
@@ -656,8 +669,9 @@ def _qmc_point_rule(
     integrand: str = INTEGRANDS[0],
     fused: bool = True,
     rule_1d: str = RULES_1D[0],
+    rule_nd: str = RULES_ND[0],
 ) -> Optional[PointRule]:
-    if not fused:
+    if not fused or (dim > 1 and rule_nd != RULES_ND[0]):
         return None  # autograd through every op
     points, point_weights, _ = _qmc_rule(n_components, dim, n_points, seed, dtype, device)
     if dim == 1 and rule_1d == "union":
@@ -683,6 +697,14 @@ def _qmc_point_rule(
             "one rule on the sorted union of every component's nodes, accurate where a narrow component sits inside "
             "wide ones (compiled too; about 1.5x the default's cost at K = 4, 2.3x at K = 8; docs/qmc_design.md)",
         ),
+        "rule_nd": Option(
+            RULES_ND[0],
+            one_of(*RULES_ND),
+            "D >= 2 only: each component's integral on its own points (fast, compiled), or 'widened_mis': every "
+            "component's points pooled by multiple importance sampling, narrow components' points widened, accurate "
+            "where a narrow component sits inside wide ones (torch autograd only, no compiled kernel yet; "
+            "docs/qmc_design.md)",
+        ),
     },
     point_rule=_qmc_point_rule,
 )
@@ -693,6 +715,7 @@ def qmc(
     integrand: str = INTEGRANDS[0],
     fused: bool = True,
     rule_1d: str = RULES_1D[0],
+    rule_nd: str = RULES_ND[0],
 ) -> th.Tensor:
     points, point_weights, features = _qmc_rule(
         params.n_components, params.dim, n_points, seed, params.means.dtype, params.means.device
@@ -706,6 +729,15 @@ def qmc(
         if integrand != INTEGRANDS[0]:
             raise ValueError("qmc option rule_1d='union' takes integrand='responsibility_entropy' only")
         return union_rule_entropy(params, points[:, 0])
+    if rule_nd != RULES_ND[0]:
+        if params.dim == 1:
+            raise ValueError(
+                f"qmc option rule_nd={rule_nd!r} is defined for D >= 2, got one action dimension; leave rule_nd at "
+                "its default 'per_component' in 1-D (rule_1d chooses the rule there)"
+            )
+        if integrand != INTEGRANDS[0]:
+            raise ValueError(f"qmc option rule_nd={rule_nd!r} takes integrand='responsibility_entropy' only")
+        return widened_mis_entropy(params, points, features)
     return quadrature_entropy(params, points, point_weights, fused=fused, features=features, integrand=integrand)
 
 
@@ -754,6 +786,71 @@ def _torch_union_rule_entropy(params: MixtureParams, unit_nodes: th.Tensor, foll
     density = (log_density.squeeze(-1) - 0.5 * LOG_2PI).exp()
     upper = weighted_sum(params.log_weights, gaussian_entropies(params.log_stds) - params.log_weights)
     return upper - (weights * density * entropies).sum(-1)
+
+
+def mis_widening(log_stds: th.Tensor) -> th.Tensor:
+    """How far :func:`widened_mis_entropy` spreads each component's points in each dimension, ``[..., K, D]`` in
+    ``[1, MIS_WIDENING]``: near 1 unless another component is more than about :data:`MIS_RATIO` times wider there.
+    Smooth in the log stds, so the estimate stays differentiable."""
+    widest = th.logsumexp(MIS_SOFT_MAX * log_stds, dim=-2, keepdim=True) / MIS_SOFT_MAX
+    step = th.sigmoid(MIS_SHARPNESS * (widest - log_stds - math.log(MIS_RATIO)))
+    return 1.0 + (MIS_WIDENING - 1.0) * step
+
+
+def widened_mis_entropy(params: MixtureParams, points: th.Tensor, features: Optional[th.Tensor] = None) -> th.Tensor:
+    """``H(w) + sum_i w_i H_i - int p h dx`` in D >= 2 with the integral taken by multiple importance sampling over
+    every component's points (the balance heuristic), each component's points widened where it is narrow.
+
+    The per-component rule integrates ``h`` (the entropy of the responsibilities) against each component on its own
+    points. Where a heavy component is much narrower than light, wide ones in some dimension, ``h`` changes on the
+    narrow scale on a thin shell about 3 narrow stds out: the wide components' points hit it too rarely, and each hit
+    carries a gradient of order 1 / narrow std (docs/qmc_design.md, narrow inside wide). Here component ``k``'s
+    points are ``x = mu_k + c_k s_k eps`` with ``c_k`` = :func:`mis_widening`, and every point counts for the whole
+    integral with weight ``p(x) / sum_j q_j(x)`` (``q_j`` the widened proposal of component ``j``): near the narrow
+    component its own, now denser, points take over the shell. Pure torch, differentiated by autograd (second
+    derivatives too); no compiled kernel yet.
+
+    :param params: the mixture, D >= 2
+    :param points: ``[K, n, D]`` standard-normal points per component (qmc's)
+    :param features: :func:`point_features` of ``points`` when the caller has it cached
+    :return: entropy ``[...]``
+    """
+    if params.n_components == 1:
+        return weighted_sum(params.log_weights, gaussian_entropies(params.log_stds) - params.log_weights)
+    proposal_log_stds = params.log_stds + mis_widening(params.log_stds).log()  # [..., K, D]
+    if features is None:
+        features = point_features(points)  # the samples are mu_i + exp(proposal_log_stds_i) * eps
+    # log w_j + log N_j and log q_j at component i's samples, [..., K(i), K(j), n], as quadratic forms in eps.
+    joint_form = _sample_exponents(params, proposal_log_stds, params.log_stds, params.log_weights)
+    log_joint = _contract_points(joint_form, features)
+    log_proposals = _contract_points(_sample_exponents(params, proposal_log_stds, proposal_log_stds), features)
+    log_density = th.logsumexp(log_joint, dim=-2)  # [..., K, n]; both omit D / 2 log(2 pi), which cancels
+    log_responsibilities = log_joint - log_density.unsqueeze(-2)
+    entropies = -(log_responsibilities.exp() * log_responsibilities).sum(-2)  # within [0, log K]
+    importance = (log_density - th.logsumexp(log_proposals, dim=-2)).exp()  # p / sum_j q_j
+    upper = weighted_sum(params.log_weights, gaussian_entropies(params.log_stds) - params.log_weights)
+    return upper - (importance * entropies).sum((-2, -1)) / points.shape[-2]
+
+
+def _sample_exponents(
+    params: MixtureParams,
+    sample_log_stds: th.Tensor,
+    log_stds: th.Tensor,
+    log_weights: Optional[th.Tensor] = None,
+) -> th.Tensor:
+    """``log w_j + log N(x; mu_j, exp(log_stds_j)) + D / 2 log(2 pi)`` at ``x = mu_i + exp(sample_log_stds_i) eps`` as
+    coefficients of :func:`point_features` ``[eps, eps^2, 1]``, ``[..., K(i), K(j), 2D + 1]``.
+
+    With ``a = (mu_i - mu_j) / s_j`` and ``b = t_i / s_j`` the exponent is ``-sum_d log s_jd - (a + b eps)^2 / 2``.
+    """
+    inv_stds = (-log_stds).exp().unsqueeze(-3)  # 1 / s_j, [..., 1, K, D]
+    limit = max_scaled_distance(params.means.dtype)
+    scaled_diff = (pairwise_differences(params.means) * inv_stds).clamp(-limit, limit)  # a
+    std_ratio = sample_log_stds.exp().unsqueeze(-2) * inv_stds  # b
+    constant = -log_stds.sum(-1).unsqueeze(-2) - 0.5 * scaled_diff.square().sum(-1)
+    if log_weights is not None:
+        constant = constant + log_weights.unsqueeze(-2)
+    return th.cat([-scaled_diff * std_ratio, -0.5 * std_ratio.square(), constant.unsqueeze(-1)], dim=-1)
 
 
 def _sigma_point_rule(
