@@ -370,6 +370,151 @@ int sb3_gmm_mixture_log_prob(int64_t n_batch, int64_t n_components, int64_t dim,
     return 0;
 }
 
+/* An unsigned integer whose order is x's (-0 before +0, which changes no sum): the union rule's merge compares
+ * these, as integer compares and selects have a cycle of latency where float ones have several. */
+static inline uint64_t sort_key(REAL x) {
+    if (sizeof(REAL) == 4) {
+        uint32_t bits;
+        memcpy(&bits, &x, sizeof bits);
+        return bits ^ ((uint32_t)((int32_t)bits >> 31) | 0x80000000u);
+    }
+    uint64_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    return bits ^ ((uint64_t)((int64_t)bits >> 63) | 0x8000000000000000ull);
+}
+
+static inline REAL key_value(uint64_t key) {
+    if (sizeof(REAL) == 4) {
+        const uint32_t low = (uint32_t)key, bits = low ^ ((low >> 31) ? 0x80000000u : 0xffffffffu);
+        float x;
+        memcpy(&x, &bits, sizeof x);
+        return (REAL)x;
+    }
+    const uint64_t bits = key ^ ((key >> 63) ? 0x8000000000000000ull : 0xffffffffffffffffull);
+    double x;
+    memcpy(&x, &bits, sizeof x);
+    return (REAL)x;
+}
+
+/* Merge steps on keys, ties first-run first (so the order is (key, run, position)), with the keys' node indices
+ * where those are not packed into the keys (with_index). A front chain takes the smaller of the heads key[i] and
+ * key[j] into out[o], a back chain the larger of the tails. A random step mispredicts a branch half the time, so
+ * these are branch-free (the index's select is a mask: gcc turns ?: on several values back into branches), and
+ * they do not check for an exhausted run: callers run only as many as no run can run out in. */
+#define MERGE_FRONT_STEP(i, j, o)                                                                                    \
+    do {                                                                                                             \
+        const uint64_t head_i = key[i], head_j = key[j];                                                             \
+        const int64_t take_j = head_j < head_i;                                                                      \
+        out_key[o] = head_j < head_i ? head_j : head_i;                                                              \
+        if (with_index) out_index[o] = index[i + ((j - i) & -take_j)];                                               \
+        o += 1;                                                                                                      \
+        i += 1 - take_j;                                                                                             \
+        j += take_j;                                                                                                 \
+    } while (0)
+#define MERGE_BACK_STEP(i, j, o)                                                                                     \
+    do {                                                                                                             \
+        const uint64_t tail_i = key[i], tail_j = key[j];                                                             \
+        const int64_t take_i = tail_i > tail_j;                                                                      \
+        out_key[o] = tail_i > tail_j ? tail_i : tail_j;                                                              \
+        if (with_index) out_index[o] = index[j + ((i - j) & -take_i)];                                               \
+        o -= 1;                                                                                                      \
+        i -= take_i;                                                                                                 \
+        j -= 1 - take_i;                                                                                             \
+    } while (0)
+
+/* The steps that may find a run exhausted, checked: count front steps over key[i, i_end) and key[j, j_end). */
+static void merge_front_checked(const uint64_t *restrict key, const int32_t *restrict index, int64_t i, int64_t i_end,
+                                int64_t j, int64_t j_end, int64_t o, int64_t count, uint64_t *restrict out_key,
+                                int32_t *restrict out_index) {
+    for (; count > 0; --count, ++o) {
+        const int64_t from = i >= i_end || (j < j_end && key[j] < key[i]) ? j++ : i++;
+        out_key[o] = key[from];
+        if (index != NULL) out_index[o] = index[from];
+    }
+}
+
+/* count back steps over key[i_begin, i] and key[j_begin, j], checked. */
+static void merge_back_checked(const uint64_t *restrict key, const int32_t *restrict index, int64_t i,
+                               int64_t i_begin, int64_t j, int64_t j_begin, int64_t o, int64_t count,
+                               uint64_t *restrict out_key, int32_t *restrict out_index) {
+    for (; count > 0; --count, --o) {
+        const int64_t from = j < j_begin || (i >= i_begin && key[i] > key[j]) ? i-- : j--;
+        out_key[o] = key[from];
+        if (index != NULL) out_index[o] = index[from];
+    }
+}
+
+/* Stable merge of the sorted runs key[lo, mid) and key[mid, hi) (with their node indices where with_index) into
+ * out[lo, hi). Each step waits on the previous one's loads and compare, so the merge runs as four independent chains
+ * in one loop: a binary search splits the output in halves (the first half takes key[lo, split_a) and
+ * key[mid, split_b)), and each half is merged from its front and from its back. All follow the same total order, so
+ * they meet exactly. Each chunk of the loop runs as many steps as no chain can exhaust a run in; the rest are
+ * checked. */
+static inline void merge_core(const uint64_t *restrict key, const int32_t *restrict index, int64_t lo, int64_t mid,
+                              int64_t hi, uint64_t *restrict out_key, int32_t *restrict out_index,
+                              const int with_index) {
+    const int64_t na = mid - lo, nb = hi - mid, half = (na + nb) / 2;
+    int64_t low = half > nb ? half - nb : 0, high = half < na ? half : na; /* taken from the first run */
+    while (low < high) {
+        const int64_t t = (low + high) / 2;
+        if (key[lo + t] <= key[mid + half - t - 1])
+            low = t + 1;
+        else
+            high = t;
+    }
+    const int64_t split_a = lo + low, split_b = mid + half - low;
+    int64_t i1 = lo, j1 = mid, o1 = lo, left1 = half / 2;                                   /* first half, front */
+    int64_t i2 = split_a - 1, j2 = split_b - 1, o2 = lo + half - 1, left2 = half - half / 2; /* first half, back */
+    int64_t i3 = split_a, j3 = split_b, o3 = lo + half, left3 = (hi - lo - half) / 2;       /* second half, front */
+    int64_t i4 = mid - 1, j4 = hi - 1, o4 = hi - 1, left4 = (hi - lo - half) - left3;       /* second half, back */
+    for (;;) {
+        int64_t steps = left1 < left3 ? left1 : left3; /* left2 >= left1, left4 >= left3 */
+        steps = split_a - i1 < steps ? split_a - i1 : steps;
+        steps = split_b - j1 < steps ? split_b - j1 : steps;
+        steps = i2 + 1 - lo < steps ? i2 + 1 - lo : steps;
+        steps = j2 + 1 - mid < steps ? j2 + 1 - mid : steps;
+        steps = mid - i3 < steps ? mid - i3 : steps;
+        steps = hi - j3 < steps ? hi - j3 : steps;
+        steps = i4 + 1 - split_a < steps ? i4 + 1 - split_a : steps;
+        steps = j4 + 1 - split_b < steps ? j4 + 1 - split_b : steps;
+        if (steps <= 0) break;
+        left1 -= steps;
+        left2 -= steps;
+        left3 -= steps;
+        left4 -= steps;
+        for (int64_t t = 0; t < steps; ++t) {
+            MERGE_FRONT_STEP(i1, j1, o1);
+            MERGE_BACK_STEP(i2, j2, o2);
+            MERGE_FRONT_STEP(i3, j3, o3);
+            MERGE_BACK_STEP(i4, j4, o4);
+        }
+    }
+    if (!with_index) index = NULL;
+    merge_front_checked(key, index, i1, split_a, j1, split_b, o1, left1, out_key, out_index);
+    merge_back_checked(key, index, i2, lo, j2, mid, o2, left2, out_key, out_index);
+    merge_front_checked(key, index, i3, mid, j3, hi, o3, left3, out_key, out_index);
+    merge_back_checked(key, index, i4, split_a, j4, split_b, o4, left4, out_key, out_index);
+}
+#undef MERGE_FRONT_STEP
+#undef MERGE_BACK_STEP
+
+/* merge_core for keys that carry their node index in their low bits (float nodes: unique keys, half the traffic). */
+static void merge_runs_packed(const uint64_t *restrict key, int64_t lo, int64_t mid, int64_t hi,
+                              uint64_t *restrict out_key) {
+    merge_core(key, NULL, lo, mid, hi, out_key, NULL, 0);
+}
+
+static void merge_runs(const uint64_t *restrict key, const int32_t *restrict index, int64_t lo, int64_t mid,
+                       int64_t hi, uint64_t *restrict out_key, int32_t *restrict out_index) {
+    merge_core(key, index, lo, mid, hi, out_key, out_index, 1);
+}
+
+/* through[source[m]] = values[m]: on its own, as inside the union rule's kernel gcc keeps the loop's pointers on the
+ * stack. */
+static void scatter(const REAL *restrict values, const int32_t *restrict source, int64_t M, REAL *restrict through) {
+    for (int64_t m = 0; m < M; ++m) through[source[m]] = values[m];
+}
+
 /* qmc's one-dimensional union rule (sb3_gmm.entropy.quadrature.union_rule_entropy) and its first derivative.
  *
  * Per batch element: the nodes mu_j + s_j eps_p of every component j (eps sorted ascending, so each component's list
@@ -391,30 +536,34 @@ int sb3_gmm_union_entropy_1d(int64_t n_batch, int64_t n_components, int64_t n_po
     const int64_t K = n_components, n = n_points, per = n + 2, M = K * (n + 2);
     const int with_gradient = grad_log_weights != NULL;
     const REAL half_log_2pi = (REAL)0.91893853320467274;
-    /* eps per list position (ends included); merged nodes, f and f', weights, per-node scratch [M] x 5; per
-     * (component, node) scratch [K, M] x 3; sources [M] and merge heads [K]. Loops run over the nodes innermost so
-     * that the compiler vectorises them (exp and log included). */
-    REAL *work = (REAL *)malloc((size_t)(per + 9 * M + 3 * K * M) * sizeof(REAL));
-    int64_t *source = (int64_t *)malloc((size_t)(M + K) * sizeof(int64_t));
-    if (work == NULL || source == NULL) {
+    /* eps per list position (ends included); nodes and per-node scratch [M] x 8; per (component, node) scratch
+     * [K, M] x 2; per component [K] x 2. The merge's two buffers of keys, padded by two at each end [2, M + 4], and
+     * of node indices [2, M]. Loops run over the nodes innermost so that the compiler vectorises them (exp and log
+     * included). */
+    REAL *work = (REAL *)malloc((size_t)(per + 8 * M + 2 * K * M + 2 * K) * sizeof(REAL));
+    uint64_t *keys = (uint64_t *)malloc((size_t)(2 * (M + 4)) * sizeof(uint64_t));
+    int32_t *indices = (int32_t *)malloc((size_t)(2 * M) * sizeof(int32_t));
+    if (work == NULL || keys == NULL || indices == NULL) {
         free(work);
-        free(source);
+        free(keys);
+        free(indices);
         return 1;
     }
-    REAL *restrict eps = work;                 /* [n + 2]: -end, unit nodes, +end */
-    REAL *restrict nodes = eps + per;          /* [M] */
-    REAL *restrict f = nodes + M;              /* [M]: p h */
-    REAL *restrict slope = f + M;              /* [M]: d(p h)/dx */
-    REAL *restrict omega = slope + M;          /* [M] */
-    REAL *restrict shift = omega + M;          /* [M] */
-    REAL *restrict normaliser = shift + M;     /* [M] */
-    REAL *restrict entropy = normaliser + M;   /* [M]: h */
-    REAL *restrict density = entropy + M;      /* [M]: p */
-    REAL *restrict spare = density + M;        /* [M] */
-    REAL *restrict scaled = spare + M;         /* [K, M]: z */
-    REAL *restrict joint = scaled + K * M;     /* [K, M]: l, then exp(l - shift) */
-    REAL *restrict partial = joint + K * M;    /* [K, M]: r log r */
-    int64_t *restrict head = source + M;       /* [K]: next position in each component's list */
+    REAL *restrict eps = work;                   /* [n + 2]: -end, unit nodes, +end */
+    REAL *restrict nodes = eps + per;            /* [M]: sorted */
+    REAL *restrict shift = nodes + M;            /* [M]: max_k l_k, then p / normaliser */
+    REAL *restrict normaliser = shift + M;       /* [M]: sum_k exp(l_k - shift), then its log */
+    REAL *restrict tilted = normaliser + M;      /* [M]: sum_k exp(l_k - shift) (l_k - shift) */
+    REAL *restrict omega = tilted + M;           /* [M] */
+    REAL *restrict f = omega + M;                /* [M]: p h */
+    REAL *restrict slope = f + M;                /* [M]: d(p h)/dx */
+    REAL *restrict through = slope + M;          /* [M]: d value / d node, by node index */
+    REAL *restrict joint = through + M;          /* [K, M]: l, then l - shift */
+    REAL *restrict exponential = joint + K * M;  /* [K, M]: exp(l - shift) */
+    REAL *restrict inv_std = exponential + K * M; /* [K] */
+    REAL *restrict offset = inv_std + K;         /* [K]: log w - log s */
+    int32_t *restrict buffer_index = indices;    /* [2, M]: node index j (n + 2) + list position */
+    for (int64_t h = 0; h < 2 * (M + 4); ++h) keys[h] = 0; /* the padding is read, never taken */
     eps[0] = -end;
     for (int64_t p = 0; p < n; ++p) eps[p + 1] = unit_nodes[p];
     eps[n + 1] = end;
@@ -438,115 +587,144 @@ int sb3_gmm_union_entropy_1d(int64_t n_batch, int64_t n_components, int64_t n_po
             }
             continue;
         }
-        /* K-way merge of the components' sorted lists; source = j * (n + 2) + list position. */
-        for (int64_t k = 0; k < K; ++k) head[k] = 0;
-        for (int64_t m = 0; m < M; ++m) {
-            int64_t best = -1;
-            REAL best_x = 0;
-            for (int64_t k = 0; k < K; ++k) {
-                if (head[k] >= per) continue;
-                const REAL x = mu[k] + s[k] * eps[head[k]];
-                if (best < 0 || x < best_x) {
-                    best = k;
-                    best_x = x;
-                }
+        /* Every node, component by component (each list sorted), then bottom-up merges of neighbouring runs: about
+         * M log2 K branch-free steps, where a K-way merge takes M K branchy ones. */
+        /* Float nodes carry their index in the key's low half (a key of a float is 32 bits), so the merge moves one
+         * word per node; double ones carry it beside. */
+        const int packed = sizeof(REAL) == 4;
+        uint64_t *restrict key = keys + 2;
+        int32_t *restrict source = buffer_index;
+        for (int64_t k = 0; k < K; ++k)
+            for (int64_t p = 0; p < per; ++p) {
+                const uint64_t node_key = sort_key(mu[k] + s[k] * eps[p]);
+                key[k * per + p] = packed ? node_key << 32 | (uint64_t)(k * per + p) : node_key;
+                source[k * per + p] = (int32_t)(k * per + p);
             }
-            nodes[m] = best_x;
-            source[m] = best * per + head[best];
-            head[best] += 1;
+        for (int64_t width = per; width < M; width *= 2) {
+            uint64_t *restrict out_key = key == keys + 2 ? keys + M + 6 : keys + 2;
+            int32_t *restrict out_index = source == buffer_index ? buffer_index + M : buffer_index;
+            for (int64_t lo = 0; lo < M; lo += 2 * width) {
+                const int64_t mid = lo + width < M ? lo + width : M, hi = lo + 2 * width < M ? lo + 2 * width : M;
+                if (mid == hi)
+                    for (int64_t m = lo; m < hi; ++m) {
+                        out_key[m] = key[m];
+                        out_index[m] = source[m];
+                    }
+                else if (packed)
+                    merge_runs_packed(key, lo, mid, hi, out_key);
+                else
+                    merge_runs(key, source, lo, mid, hi, out_key, out_index);
+            }
+            key = out_key;
+            if (!packed) source = out_index;
         }
-        for (int64_t m = 0; m < M; ++m) {
-            const REAL left = m > 0 ? nodes[m] - nodes[m - 1] : 0, right = m < M - 1 ? nodes[m + 1] - nodes[m] : 0;
-            omega[m] = (REAL)0.5 * (left + right);
-        }
+        if (packed)
+            for (int64_t m = 0; m < M; ++m) {
+                nodes[m] = key_value(key[m] >> 32);
+                source[m] = (int32_t)(key[m] & 0xffffffffu);
+            }
+        else
+            for (int64_t m = 0; m < M; ++m) nodes[m] = key_value(key[m]);
+        omega[0] = (REAL)0.5 * (nodes[1] - nodes[0]);
+        for (int64_t m = 1; m < M - 1; ++m) omega[m] = (REAL)0.5 * (nodes[m + 1] - nodes[m - 1]);
+        omega[M - 1] = (REAL)0.5 * (nodes[M - 1] - nodes[M - 2]);
         REAL total = 0;
         for (int64_t k = 0; k < K; ++k) {
             const REAL w = exp(lw[k]);
             total += w * (HALF_LOG_2PI_E + ls[k] - lw[k]);
+            inv_std[k] = 1 / s[k];
+            offset[k] = lw[k] - ls[k];
             if (with_gradient) {
                 g_lw[k] = w * (HALF_LOG_2PI_E + ls[k] - lw[k]) - w;
                 g_ls[k] = w;
                 g_mu[k] = g_s[k] = 0;
             }
         }
-        /* f = p h at every node, component by component over all nodes. */
+        /* l_k = log w_k + log N_k(x) + log sqrt(2 pi) at every node and their max, component by component. */
         for (int64_t k = 0; k < K; ++k) {
-            REAL *restrict z = scaled + k * M, *restrict l = joint + k * M;
-            const REAL inv_std = 1 / s[k], offset = lw[k] - ls[k];
+            REAL *restrict l = joint + k * M;
+            const REAL mean = mu[k], scale = inv_std[k], constant = offset[k];
             for (int64_t m = 0; m < M; ++m) {
-                const REAL value_z = cap_distance((nodes[m] - mu[k]) * inv_std, distance_cap);
-                z[m] = value_z;
-                l[m] = offset - (REAL)0.5 * value_z * value_z;
+                const REAL z = cap_distance((nodes[m] - mean) * scale, distance_cap);
+                l[m] = constant - (REAL)0.5 * z * z;
             }
             if (k == 0)
                 for (int64_t m = 0; m < M; ++m) shift[m] = l[m];
             else
                 for (int64_t m = 0; m < M; ++m) shift[m] = l[m] > shift[m] ? l[m] : shift[m];
         }
-        for (int64_t m = 0; m < M; ++m) normaliser[m] = entropy[m] = 0;
+        /* With e_k = exp(l_k - shift), N = sum_k e_k and T = sum_k e_k (l_k - shift): p = N exp(shift) / sqrt(2 pi)
+         * and h = -sum_k r_k log r_k = log N - T / N, so one exp per (component, node) and one exp and log per node. */
+        for (int64_t m = 0; m < M; ++m) normaliser[m] = tilted[m] = 0;
         for (int64_t k = 0; k < K; ++k) {
-            REAL *restrict l = joint + k * M;
-            for (int64_t m = 0; m < M; ++m) {
-                l[m] -= shift[m]; /* l - shift, kept for log r */
-                spare[m] = exp(l[m]);
-                normaliser[m] += spare[m];
-            }
-            REAL *restrict pr = partial + k * M;
-            for (int64_t m = 0; m < M; ++m) pr[m] = spare[m]; /* exp(l - shift), normalised below */
-        }
-        for (int64_t m = 0; m < M; ++m) spare[m] = log(normaliser[m]);
-        for (int64_t k = 0; k < K; ++k) {
-            const REAL *l = joint + k * M;
-            REAL *restrict pr = partial + k * M;
-            for (int64_t m = 0; m < M; ++m) {
-                const REAL r = pr[m] / normaliser[m];
-                pr[m] = r * (l[m] - spare[m]); /* r log r */
-                entropy[m] -= pr[m];
-            }
+            REAL *restrict l = joint + k * M, *restrict e = exponential + k * M;
+            if (with_gradient)
+                for (int64_t m = 0; m < M; ++m) {
+                    const REAL centred = l[m] - shift[m], exponent = exp(centred);
+                    l[m] = centred;
+                    e[m] = exponent;
+                    normaliser[m] += exponent;
+                    tilted[m] += exponent * centred;
+                }
+            else
+                for (int64_t m = 0; m < M; ++m) {
+                    const REAL centred = l[m] - shift[m], exponent = exp(centred);
+                    normaliser[m] += exponent;
+                    tilted[m] += exponent * centred;
+                }
         }
         for (int64_t m = 0; m < M; ++m) {
-            density[m] = exp(shift[m] + spare[m] - half_log_2pi);
-            f[m] = density[m] * entropy[m];
+            const REAL log_normaliser = log(normaliser[m]), scale = exp(shift[m] - half_log_2pi);
+            f[m] = scale * (normaliser[m] * log_normaliser - tilted[m]);
             total -= omega[m] * f[m];
-        }
-        if (with_gradient) {
-            /* d f / d l_k = -p r_k log r_k: onto the parameters at fixed x (the estimate subtracts the integral),
-             * and into f' = sum_k d f / d l_k * (-z_k / s_k). */
-            for (int64_t m = 0; m < M; ++m) slope[m] = 0;
-            for (int64_t k = 0; k < K; ++k) {
-                const REAL *z = scaled + k * M, *pr = partial + k * M;
-                const REAL inv_std = 1 / s[k];
-                REAL sum_joint = 0, sum_mean = 0, sum_std = 0;
-                for (int64_t m = 0; m < M; ++m) {
-                    const REAL d_joint = -density[m] * pr[m];
-                    const REAL weighted = omega[m] * d_joint;
-                    slope[m] -= d_joint * z[m] * inv_std;
-                    sum_joint += weighted;
-                    sum_mean += weighted * z[m];
-                    sum_std += weighted * z[m] * z[m];
-                }
-                g_lw[k] -= sum_joint;
-                g_ls[k] += sum_joint;
-                g_mu[k] -= sum_mean * inv_std;
-                g_s[k] -= sum_std * inv_std;
-            }
+            shift[m] = scale;
+            normaliser[m] = log_normaliser;
         }
         value[b] = total;
         if (!with_gradient) continue;
-        /* Through the nodes: d(sum omega f)/d x_m, then x_m = mu_j + s_j eps into its source component. */
-        for (int64_t m = 0; m < M; ++m) {
-            REAL through = omega[m] * slope[m];
-            if (m > 0) through += (REAL)0.5 * f[m - 1];
-            if (m < M - 1) through -= (REAL)0.5 * f[m + 1];
-            if (m == 0) through -= (REAL)0.5 * f[0];
-            if (m == M - 1) through += (REAL)0.5 * f[M - 1];
-            const int64_t j = source[m] / per, position = source[m] % per;
-            g_mu[j] -= through;
-            g_s[j] -= through * eps[position];
+        /* d f / d l_k = -p r_k log r_k = -(p / N) e_k (l_k - shift - log N): onto the parameters at fixed x (the
+         * estimate subtracts the integral), and into f' = sum_k d f / d l_k * (-z_k / s_k). */
+        for (int64_t m = 0; m < M; ++m) slope[m] = 0;
+        for (int64_t k = 0; k < K; ++k) {
+            const REAL *l = joint + k * M, *e = exponential + k * M;
+            const REAL mean = mu[k], scale = inv_std[k];
+            REAL sum_joint = 0, sum_mean = 0, sum_std = 0;
+            for (int64_t m = 0; m < M; ++m) {
+                const REAL z = cap_distance((nodes[m] - mean) * scale, distance_cap);
+                const REAL d_joint = -shift[m] * e[m] * (l[m] - normaliser[m]);
+                const REAL weighted = omega[m] * d_joint;
+                slope[m] -= d_joint * z * scale;
+                sum_joint += weighted;
+                sum_mean += weighted * z;
+                sum_std += weighted * z * z;
+            }
+            g_lw[k] -= sum_joint;
+            g_ls[k] += sum_joint;
+            g_mu[k] -= sum_mean * scale;
+            g_s[k] -= sum_std * scale;
+        }
+        /* Through the nodes: d(sum omega f)/d x_m, put back at its node index, then x = mu_j + s_j eps into its
+         * component (a contiguous sum per component). */
+        const REAL first = omega[0] * slope[0] - (REAL)0.5 * (f[0] + f[1]);
+        const REAL last = omega[M - 1] * slope[M - 1] + (REAL)0.5 * (f[M - 2] + f[M - 1]);
+        for (int64_t m = 1; m < M - 1; ++m) omega[m] = omega[m] * slope[m] + (REAL)0.5 * (f[m - 1] - f[m + 1]);
+        omega[0] = first;
+        omega[M - 1] = last;
+        scatter(omega, source, M, through);
+        for (int64_t k = 0; k < K; ++k) {
+            const REAL *t = through + k * per;
+            REAL sum_mean = 0, sum_std = 0;
+            for (int64_t p = 0; p < per; ++p) {
+                sum_mean += t[p];
+                sum_std += t[p] * eps[p];
+            }
+            g_mu[k] -= sum_mean;
+            g_s[k] -= sum_std;
         }
     }
     free(work);
-    free(source);
+    free(keys);
+    free(indices);
     return 0;
 }
 
