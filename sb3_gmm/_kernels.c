@@ -930,3 +930,212 @@ int sb3_gmm_head_sample(int64_t n_batch, int64_t n_components, int64_t dim, cons
     free(work);
     return status;
 }
+
+/* ------------------------------------------------------------------------------------------------------------------
+ * qmc's pooled rule in D >= 2 (sb3_gmm.entropy.quadrature.widened_mis_entropy) and its first derivative:
+ * H(w) + sum_i w_i H_i - I, I = 1/n sum_i sum_m p(x_im) h(x_im) / sum_j q_j(x_im), x_im = mu_i + t_i eps_im, with
+ * q_j = N(mu_j, t_j^2) the widened proposals and h the entropy of the responsibilities. At component i's points
+ * every component's log density is a quadratic form in eps, once with the mixture's stds s_j and log weights (for p)
+ * and once with the proposals' t_j (for q): a = (mu_i - mu_j) / s_j, b = t_i / s_j, exponent
+ * lw_j - sum_d log s_jd - sum_d (a + b eps)^2 / 2 (the D / 2 log(2 pi) cancels in h and in p / q).
+ *
+ * Per element and component i the loops run over the n points innermost (n = 64 by default), so gcc vectorises them.
+ * dV/dP_j = w r_j log r_j / n and dV/dQ_j = w h rho_j / n at each point (w = p / sum q, r and rho the shares of p and
+ * of sum q), summed onto the coefficients through [eps, eps^2, 1] and then onto the inputs by the chain rule.
+ *
+ * Inputs: log_weights [B, K]; means, stds, log_stds, proposal stds t, proposal log stds [B, K, D], element b at
+ * batch_strides[input] * b (0: shared by the whole batch); points [K, D, n] (component i's points, coordinate-major).
+ * Outputs: value [B]; with grad_log_weights not NULL the gradient w.r.t. the six inputs ([K], then [K, D] each), each
+ * at grad_batch_stride * b. Returns 0, or 1 when the workspace could not be allocated.
+ * ------------------------------------------------------------------------------------------------------------------ */
+int sb3_gmm_mis_entropy(int64_t n_batch, int64_t n_components, int64_t dim, int64_t n_points,
+                        const REAL *log_weights, const REAL *means, const REAL *stds, const REAL *log_stds,
+                        const REAL *proposal_stds, const REAL *proposal_log_stds, const int64_t *batch_strides,
+                        const REAL *points, REAL distance_cap, REAL *value, REAL *grad_log_weights,
+                        REAL *grad_means, REAL *grad_stds, REAL *grad_log_stds, REAL *grad_proposal_stds,
+                        REAL *grad_proposal_log_stds, int64_t grad_batch_stride) {
+    const int64_t K = n_components, D = dim, n = n_points, KD = K * D;
+    const int with_gradient = grad_log_weights != NULL;
+    const REAL inv_n = (REAL)1 / (REAL)n;
+    /* Exponents P, Q and their exponentials [K, n] each; per point: max and sum of P, sum of P's exponentials times
+     * the exponent, h, max and sum of Q, the pooled weight [7, n]; eps^2 [K, D, n]; per component i: the p and q
+     * forms' linear and quadratic coefficients [4, K, D], constants [2, K]. */
+    const int64_t size = 4 * K * n + 7 * n + KD * n + 4 * KD + 2 * K;
+    REAL *work = (REAL *)malloc((size_t)size * sizeof(REAL));
+    if (work == NULL) return 1;
+    REAL *restrict P = work, *restrict Q = P + K * n, *restrict EP = Q + K * n, *restrict EQ = EP + K * n;
+    REAL *restrict p_max = EQ + K * n, *restrict p_sum = p_max + n, *restrict p_moment = p_sum + n;
+    REAL *restrict entropy = p_moment + n, *restrict q_max = entropy + n, *restrict q_sum = q_max + n;
+    REAL *restrict pooled = q_sum + n, *restrict squares = pooled + n;
+    REAL *restrict p_lin = squares + KD * n, *restrict p_quad = p_lin + KD;
+    REAL *restrict q_lin = p_quad + KD, *restrict q_quad = q_lin + KD;
+    REAL *restrict p_const = q_quad + KD, *restrict q_const = p_const + K;
+    for (int64_t f = 0; f < KD * n; ++f) squares[f] = points[f] * points[f];
+
+    for (int64_t b = 0; b < n_batch; ++b) {
+        const REAL *lw = log_weights + b * batch_strides[0], *mu = means + b * batch_strides[1];
+        const REAL *s = stds + b * batch_strides[2], *ls = log_stds + b * batch_strides[3];
+        const REAL *t = proposal_stds + b * batch_strides[4], *lt = proposal_log_stds + b * batch_strides[5];
+        REAL *g_lw = NULL, *g_mu = NULL, *g_s = NULL, *g_ls = NULL, *g_t = NULL, *g_lt = NULL;
+        if (with_gradient) {
+            g_lw = grad_log_weights + b * grad_batch_stride;
+            g_mu = grad_means + b * grad_batch_stride;
+            g_s = grad_stds + b * grad_batch_stride;
+            g_ls = grad_log_stds + b * grad_batch_stride;
+            g_t = grad_proposal_stds + b * grad_batch_stride;
+            g_lt = grad_proposal_log_stds + b * grad_batch_stride;
+        }
+        int ok = mixture_usable(lw, mu, s, ls, K, KD);
+        for (int64_t f = 0; f < KD; ++f) ok &= usable(t[f], 1) & usable(lt[f], 0);
+        if (!ok) {
+            value[b] = not_a_number();
+            if (with_gradient) {
+                fill_nan(g_lw, K);
+                fill_nan(g_mu, KD);
+                fill_nan(g_s, KD);
+                fill_nan(g_ls, KD);
+                fill_nan(g_t, KD);
+                fill_nan(g_lt, KD);
+            }
+            continue;
+        }
+        /* The upper bound sum_i w_i (H_i - log w_i), exact. */
+        REAL total = 0;
+        for (int64_t i = 0; i < K; ++i) {
+            const REAL w = exp(lw[i]);
+            REAL gaussian = HALF_LOG_2PI_E * (REAL)D;
+            for (int64_t d = 0; d < D; ++d) gaussian += ls[i * D + d];
+            total += w * (gaussian - lw[i]);
+            if (!with_gradient) continue;
+            g_lw[i] = w * (gaussian - lw[i]) - w;
+            for (int64_t d = 0; d < D; ++d) {
+                g_ls[i * D + d] = w;
+                g_mu[i * D + d] = g_s[i * D + d] = g_t[i * D + d] = g_lt[i * D + d] = 0;
+            }
+        }
+        REAL integral = 0;
+        for (int64_t i = 0; i < K; ++i) {
+            const REAL *eps = points + i * D * n, *eps2 = squares + i * D * n;
+            /* Both forms' coefficients for the pairs (i, j). */
+            for (int64_t j = 0; j < K; ++j) {
+                REAL pc = lw[j], qc = 0;
+                for (int64_t d = 0; d < D; ++d) {
+                    const int64_t jd = j * D + d;
+                    const REAL inv_s = 1 / s[jd], inv_t = 1 / t[jd], diff = mu[i * D + d] - mu[jd];
+                    const REAL pa = cap_distance(diff * inv_s, distance_cap), pb = t[i * D + d] * inv_s;
+                    const REAL qa = cap_distance(diff * inv_t, distance_cap), qb = t[i * D + d] * inv_t;
+                    p_lin[jd] = -pa * pb;
+                    p_quad[jd] = (REAL)-0.5 * pb * pb;
+                    q_lin[jd] = -qa * qb;
+                    q_quad[jd] = (REAL)-0.5 * qb * qb;
+                    pc -= ls[jd] + (REAL)0.5 * pa * pa;
+                    qc -= lt[jd] + (REAL)0.5 * qa * qa;
+                }
+                p_const[j] = pc;
+                q_const[j] = qc;
+            }
+            /* Exponents at every point, and their running maxima. */
+            for (int64_t j = 0; j < K; ++j) {
+                REAL *restrict pj = P + j * n, *restrict qj = Q + j * n;
+                for (int64_t m = 0; m < n; ++m) {
+                    pj[m] = p_const[j];
+                    qj[m] = q_const[j];
+                }
+                for (int64_t d = 0; d < D; ++d) {
+                    const REAL *e = eps + d * n, *e2 = eps2 + d * n;
+                    const REAL pl = p_lin[j * D + d], pq = p_quad[j * D + d];
+                    const REAL ql = q_lin[j * D + d], qq = q_quad[j * D + d];
+                    #pragma GCC ivdep /* the scratch rows never overlap */
+                    for (int64_t m = 0; m < n; ++m) {
+                        pj[m] += pl * e[m] + pq * e2[m];
+                        qj[m] += ql * e[m] + qq * e2[m];
+                    }
+                }
+                if (j == 0)
+                    for (int64_t m = 0; m < n; ++m) p_max[m] = pj[m], q_max[m] = qj[m];
+                else
+                    #pragma GCC ivdep /* the scratch rows never overlap */
+                    for (int64_t m = 0; m < n; ++m) {
+                        p_max[m] = pj[m] > p_max[m] ? pj[m] : p_max[m];
+                        q_max[m] = qj[m] > q_max[m] ? qj[m] : q_max[m];
+                    }
+            }
+            for (int64_t m = 0; m < n; ++m) p_sum[m] = p_moment[m] = q_sum[m] = 0;
+            for (int64_t j = 0; j < K; ++j) {
+                REAL *restrict pj = P + j * n, *restrict qj = Q + j * n;
+                REAL *restrict epj = EP + j * n, *restrict eqj = EQ + j * n;
+                #pragma GCC ivdep /* the scratch rows never overlap */
+                for (int64_t m = 0; m < n; ++m) {
+                    pj[m] -= p_max[m];
+                    qj[m] -= q_max[m];
+                    epj[m] = exp(pj[m]);
+                    eqj[m] = exp(qj[m]);
+                    p_sum[m] += epj[m];
+                    p_moment[m] += pj[m] * epj[m];
+                    q_sum[m] += eqj[m];
+                }
+            }
+            /* h = log S - sum_j e_j P_j / S (P relative to its maximum); the pooled weight p / sum q. */
+            REAL part = 0;
+            #pragma GCC ivdep /* the scratch rows never overlap */
+            for (int64_t m = 0; m < n; ++m) {
+                const REAL log_p_sum = log(p_sum[m]);
+                entropy[m] = log_p_sum - p_moment[m] / p_sum[m];
+                pooled[m] = exp(p_max[m] + log_p_sum - q_max[m] - log(q_sum[m]));
+                part += pooled[m] * entropy[m];
+                /* Reused below: log S, then the pooled weight over n. */
+                p_moment[m] = log_p_sum;
+            }
+            integral += part;
+            if (!with_gradient) continue;
+            for (int64_t m = 0; m < n; ++m) pooled[m] *= inv_n;
+            for (int64_t j = 0; j < K; ++j) {
+                REAL *restrict pj = P + j * n, *restrict qj = Q + j * n;
+                const REAL *epj = EP + j * n, *eqj = EQ + j * n;
+                /* In place: P_j becomes dV/dP_j = (w / n) r_j log r_j, Q_j becomes dV/dQ_j = (w / n) h rho_j. */
+                REAL gp_const = 0, gq_const = 0;
+                #pragma GCC ivdep /* the scratch rows never overlap */
+                for (int64_t m = 0; m < n; ++m) {
+                    const REAL r = epj[m] / p_sum[m];
+                    pj[m] = pooled[m] * r * (pj[m] - p_moment[m]);
+                    qj[m] = pooled[m] * entropy[m] * eqj[m] / q_sum[m];
+                    gp_const += pj[m];
+                    gq_const += qj[m];
+                }
+                g_lw[j] += gp_const;
+                for (int64_t d = 0; d < D; ++d) {
+                    const REAL *e = eps + d * n, *e2 = eps2 + d * n;
+                    REAL gp_lin = 0, gp_quad = 0, gq_lin = 0, gq_quad = 0;
+                    #pragma GCC ivdep /* the scratch rows never overlap */
+                    for (int64_t m = 0; m < n; ++m) {
+                        gp_lin += pj[m] * e[m];
+                        gp_quad += pj[m] * e2[m];
+                        gq_lin += qj[m] * e[m];
+                        gq_quad += qj[m] * e2[m];
+                    }
+                    const int64_t id = i * D + d, jd = j * D + d;
+                    const REAL inv_s = 1 / s[jd], inv_t = 1 / t[jd], diff = mu[id] - mu[jd];
+                    const REAL pa = cap_distance(diff * inv_s, distance_cap), pb = t[id] * inv_s;
+                    const REAL qa = cap_distance(diff * inv_t, distance_cap), qb = t[id] * inv_t;
+                    /* p form: lin = -a b, quad = -b^2 / 2, constant lw_j - log s_j - a^2 / 2 (summed over d). */
+                    const REAL grad_pa = -gp_lin * pb - gp_const * pa, grad_pb = -gp_lin * pa - gp_quad * pb;
+                    g_mu[id] += grad_pa * inv_s;
+                    g_mu[jd] -= grad_pa * inv_s;
+                    g_s[jd] -= (grad_pa * pa + grad_pb * pb) * inv_s;
+                    g_t[id] += grad_pb * inv_s;
+                    g_ls[jd] -= gp_const;
+                    /* q form: the same with t_j, no log weight. */
+                    const REAL grad_qa = -gq_lin * qb - gq_const * qa, grad_qb = -gq_lin * qa - gq_quad * qb;
+                    g_mu[id] += grad_qa * inv_t;
+                    g_mu[jd] -= grad_qa * inv_t;
+                    g_t[jd] -= (grad_qa * qa + grad_qb * qb) * inv_t;
+                    g_t[id] += grad_qb * inv_t;
+                    g_lt[jd] -= gq_const;
+                }
+            }
+        }
+        value[b] = total - integral * inv_n;
+    }
+    free(work);
+    return 0;
+}

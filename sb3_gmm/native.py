@@ -62,6 +62,7 @@ class Kernels(NamedTuple):
     quadrature_entropy: Any
     mixture_log_prob: Any
     union_entropy_1d: Any
+    mis_entropy: Any
     head_evaluate: Any
     head_sample: Any
 
@@ -273,6 +274,45 @@ def split_union_gradient(buffer: th.Tensor, n_components: int) -> Tuple[th.Tenso
     return (log_weights, *(grad.unsqueeze(-1) for grad in component_grads))
 
 
+def mis_entropy(
+    kernels: Kernels,
+    log_weights: th.Tensor,
+    means: th.Tensor,
+    stds: th.Tensor,
+    log_stds: th.Tensor,
+    proposal_stds: th.Tensor,
+    proposal_log_stds: th.Tensor,
+    points: th.Tensor,
+    distance_cap: float,
+    with_gradient: bool,
+) -> Tuple[th.Tensor, Optional[th.Tensor]]:
+    """qmc's pooled, widened rule in D >= 2 (:func:`sb3_gmm.entropy.quadrature.widened_mis_entropy`) ``[N]`` and,
+    with ``with_gradient``, its gradient as one buffer ``[N, K + 5 K D]`` that :func:`split_mis_gradient` cuts.
+
+    :param log_weights: ``[N, K]``; ``means``, ``stds``, ``log_stds`` and the proposals' ``proposal_stds``,
+        ``proposal_log_stds``: ``[N, K, D]`` (batch stride 0 allowed)
+    :param points: ``[K, n, D]`` standard-normal points per component
+    """
+    n_batch, n_components, dim = means.shape
+    inputs, strides = _strided(log_weights, means, stds, log_stds, proposal_stds, proposal_log_stds)
+    coordinate_major = points.transpose(-1, -2).contiguous()  # [K, D, n]: the kernel's loops run over the points
+    parts = _mis_parts(n_components, dim)
+    value, buffer, pointers = _outputs(means, n_batch, parts, with_gradient)
+    status = kernels.mis_entropy(
+        n_batch, n_components, dim, points.shape[-2], *(tensor.data_ptr() for tensor in inputs), strides,
+        coordinate_major.data_ptr(), distance_cap, value.data_ptr(), *pointers, sum(parts),
+    )  # fmt: skip
+    _check(status, "pooled-rule", n_components, dim)
+    return value, buffer
+
+
+def split_mis_gradient(buffer: th.Tensor, n_components: int, dim: int) -> Tuple[th.Tensor, ...]:
+    """Views of a :func:`mis_entropy` gradient buffer ``[..., K + 5 K D]``: log weights ``[..., K]``, then means,
+    stds, log stds, proposal stds and proposal log stds ``[..., K, D]``."""
+    pieces = buffer.split(_mis_parts(n_components, dim), dim=-1)
+    return (pieces[0], *(piece.unflatten(-1, (n_components, dim)) for piece in pieces[1:]))
+
+
 class LogStdBounds(NamedTuple):
     """The soft clamp of the log stds (:func:`sb3_gmm.distributions.soft_clamp`): bounds and the saturating margin,
     already clipped to half the interval."""
@@ -388,6 +428,10 @@ def records_graph(tensors: Sequence[th.Tensor]) -> bool:
 # arguments) and the split_* functions cut them.
 def _entropy_parts(n_components: int, dim: int) -> Tuple[int, ...]:
     return (n_components, n_components * dim, n_components * dim, n_components)  # log w, means, stds, log stds
+
+
+def _mis_parts(n_components: int, dim: int) -> Tuple[int, ...]:
+    return (n_components, *(n_components * dim,) * 5)
 
 
 def _log_prob_parts(n_components: int, dim: int) -> Tuple[int, ...]:
@@ -603,6 +647,13 @@ def _load(dtype: th.dtype) -> Kernels:
             size, pointer, size, pointer, ctypes.c_int32,  # points, their component stride, weights, integrand
             ctype, ctype,  # the union rule's end (0: per-component points), distance cap
             pointer, pointer, pointer, pointer, size,  # log_prob, entropy (NULL: none), their gradients, the stride
+        ]),
+        mis_entropy=declare("sb3_gmm_mis_entropy", [
+            size, size, size, size,  # batch, components, dim, points
+            pointer, pointer, pointer, pointer,  # log_weights, means, stds, log_stds
+            pointer, pointer, pointer,  # proposal stds and log stds, the six inputs' batch strides
+            pointer, ctype,  # points [K, D, n], distance cap
+            pointer, pointer, pointer, pointer, pointer, pointer, pointer, size,  # value, gradients, their stride
         ]),
         head_sample=declare("sb3_gmm_head_sample", [
             size, size, size, pointer, size, pointer,  # batch, components, dim, head, its stride, shared log std

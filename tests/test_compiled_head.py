@@ -23,6 +23,9 @@ pytestmark = pytest.mark.skipif(
     shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler: the distribution uses the torch path"
 )
 
+# The per-component rule: the one that the one-call kernel serves in D >= 2.
+PER_COMPONENT = {"rule_nd": "per_component"}
+
 
 @pytest.fixture
 def head_calls(monkeypatch) -> List[bool]:
@@ -71,9 +74,9 @@ def _values_and_grads(distribution, params, log_std, actions, paired: bool):
     [
         (1, 3, None, {}),
         (4, 1, None, {}),
-        (3, 6, None, {}),
-        (8, 2, None, {}),
-        (2, 3, "qmc", {"integrand": "log_responsibility", "n_points": 16}),
+        (3, 6, None, {"rule_nd": "per_component"}),
+        (8, 2, None, {"rule_nd": "per_component"}),
+        (2, 3, "qmc", {"integrand": "log_responsibility", "n_points": 16, "rule_nd": "per_component"}),
         (4, 2, "sigma_points", {"degree": 5}),
         (4, 1, "qmc", {"rule_1d": "union"}),
         (8, 1, "qmc", {"rule_1d": "union", "n_points": 32}),
@@ -160,7 +163,8 @@ def test_one_node_in_the_graph_and_the_same_values_under_no_grad(head_calls):
 
 
 def test_non_finite_parameters_give_nan_not_numbers():
-    distribution, params, log_std, actions = _bound(4, 2, True, th.float32, validate_args=False)
+    settings = dict(validate_args=False, entropy_kwargs=PER_COMPONENT)
+    distribution, params, log_std, actions = _bound(4, 2, True, th.float32, **settings)
     params = params.detach().clone()
     params[3, 1] = float("nan")
     params[5, -1] = float("inf")
@@ -173,9 +177,13 @@ def test_non_finite_parameters_give_nan_not_numbers():
 
 
 def test_where_the_one_call_path_does_not_apply_the_separate_one_serves(head_calls):
-    # An estimator that is no point rule, and actions that need a gradient.
+    # An estimator that is no point rule, qmc's pooled rule in D >= 2 (its own kernel), and actions that need a
+    # gradient.
     distribution, params, log_std, actions = _bound(4, 1, False, th.float64, entropy_method="component_average")
     distribution.log_prob_and_entropy(actions)
+    distribution, params, log_std, actions = _bound(3, 2, False, th.float64)
+    log_prob, entropy = distribution.log_prob_and_entropy(actions)
+    th.testing.assert_close(entropy, distribution.entropy())
     distribution, params, log_std, actions = _bound(4, 1, False, th.float64)
     log_prob, _ = distribution.log_prob_and_entropy(actions.requires_grad_())
     assert head_calls == []
@@ -259,7 +267,7 @@ def test_the_pairing_is_switched_off_when_evaluate_actions_raises():
 
 def test_custom_log_std_bounds_with_a_clipped_margin(head_calls):
     # An interval narrower than two margins: the margin is clipped to half of it in both paths.
-    settings = dict(log_std_min=-1.0, log_std_max=-0.4)
+    settings = dict(log_std_min=-1.0, log_std_max=-0.4, entropy_kwargs=PER_COMPONENT)
     distribution, params, log_std, actions = _bound(3, 2, True, th.float64, **settings)
     log_prob, entropy, grads = _values_and_grads(distribution, params, log_std, actions, paired=True)
     ref_log_prob, ref_entropy, ref_grads = _values_and_grads(distribution, params, log_std, actions, paired=False)

@@ -66,8 +66,8 @@ def _value_and_grads(method: str, options: Dict, batch_shape, n_components: int,
     "method,options,dim,n_points",
     [
         # Per-component Sobol features [K, n, F].
-        ("qmc", {"n_points": 16}, 3, 16),
-        ("qmc", {"n_points": 16, "integrand": "log_responsibility"}, 3, 16),
+        ("qmc", {"n_points": 16, "rule_nd": "per_component"}, 3, 16),
+        ("qmc", {"n_points": 16, "integrand": "log_responsibility", "rule_nd": "per_component"}, 3, 16),
         # Shared Gauss-Hermite features [n, F] (1-D; the rule drops negligible nodes, hence the count below).
         ("qmc", {"n_points": 16}, 1, None),
         # Shared sigma points [2D + 1, F].
@@ -167,7 +167,7 @@ def test_chunked_second_derivatives_equal_one_pass(monkeypatch):
 
     def hvp(budget: float):
         monkeypatch.setattr(quadrature, "CHUNK_BYTES", budget)
-        entropy = gmm_entropy(logits, means, log_stds.exp().expand(6, 3, 2), n_points=16)
+        entropy = gmm_entropy(logits, means, log_stds.exp().expand(6, 3, 2), n_points=16, rule_nd="per_component")
         grads = th.autograd.grad(entropy.sum(), (logits, means, log_stds), create_graph=True)
         dot = sum((grad * vector).sum() for grad, vector in zip(grads, direction))
         return [grad.detach() for grad in grads], th.autograd.grad(dot, (logits, means, log_stds))
@@ -186,15 +186,19 @@ def test_chunked_zero_incoming_gradient(monkeypatch):
     logits = th.randn(5, 3, requires_grad=True)
     means = th.randn(5, 3, 2, requires_grad=True)
     log_stds = th.zeros(3, 2, requires_grad=True)
-    entropy = gmm_entropy(logits, means, log_stds.exp().expand(5, 3, 2))
+    entropy = gmm_entropy(logits, means, log_stds.exp().expand(5, 3, 2), rule_nd="per_component")
     (0.0 * entropy.mean() + means.sum() + log_stds.sum()).backward()
     assert th.equal(means.grad, th.ones_like(means))
     assert th.equal(log_stds.grad, th.ones_like(log_stds))
     assert logits.grad is None or th.equal(logits.grad, th.zeros_like(logits))
     weights = th.tensor([0.0, 0.0, 1.0, 0.0, 0.0])
-    (got,) = th.autograd.grad((weights * gmm_entropy(logits, means, log_stds.exp().expand(5, 3, 2))).sum(), means)
+    (got,) = th.autograd.grad(
+        (weights * gmm_entropy(logits, means, log_stds.exp().expand(5, 3, 2), rule_nd="per_component")).sum(), means
+    )
     monkeypatch.setattr(quadrature, "CHUNK_BYTES", math.inf)
-    (expected,) = th.autograd.grad((weights * gmm_entropy(logits, means, log_stds.exp().expand(5, 3, 2))).sum(), means)
+    (expected,) = th.autograd.grad(
+        (weights * gmm_entropy(logits, means, log_stds.exp().expand(5, 3, 2), rule_nd="per_component")).sum(), means
+    )
     th.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
     assert th.equal(got[:2], th.zeros_like(got[:2]))
 
@@ -210,11 +214,11 @@ def test_chunked_forward_computes_gradients_only_for_a_graph(monkeypatch, contex
     logits, means, log_stds = _mixture((5,), 3, 2)
     stds = log_stds.exp().expand(5, 3, 2)
     with th.no_grad():
-        expected = gmm_entropy(logits, means, stds)
+        expected = gmm_entropy(logits, means, stds, rule_nd="per_component")
     monkeypatch.setattr(quadrature, "CHUNK_BYTES", _budget(3, 64))
     with context():
-        got = gmm_entropy(logits, means, stds)
-    constant = gmm_entropy(logits.detach(), means.detach(), stds.detach())
+        got = gmm_entropy(logits, means, stds, rule_nd="per_component")
+    constant = gmm_entropy(logits.detach(), means.detach(), stds.detach(), rule_nd="per_component")
     assert len(calls) == (3 if context is th.enable_grad else 0)
     th.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     th.testing.assert_close(constant, expected, rtol=1e-12, atol=1e-12)

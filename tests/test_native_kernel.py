@@ -90,9 +90,9 @@ def _value_and_grads(method: str, options: Dict, batch_shape, n_components: int,
 
 CASES = [
     ("qmc", {}, 4, 1),  # the 1-D rule, shared by every component
-    ("qmc", {}, 3, 6),  # Sobol points per component
-    ("qmc", {"integrand": "log_responsibility"}, 3, 2),
-    ("qmc", {"n_points": 16}, 8, 3),
+    ("qmc", {"rule_nd": "per_component"}, 3, 6),  # Sobol points per component
+    ("qmc", {"integrand": "log_responsibility", "rule_nd": "per_component"}, 3, 2),
+    ("qmc", {"n_points": 16, "rule_nd": "per_component"}, 8, 3),
     ("sigma_points", {"degree": 5}, 2, 3),
 ]
 FLOAT64_TOLERANCE = dict(rtol=1e-10, atol=1e-12)
@@ -158,7 +158,7 @@ def test_nan_in_gives_nan_out_with_validation_off(fresh_native, kernel_calls, di
     means[1, 0, 0] = float("nan")
     stds[2, 1, 0] = float("inf")
     with validation(False):
-        entropy = gmm_entropy(logits.detach(), means, stds)
+        entropy = gmm_entropy(logits.detach(), means, stds, rule_nd="per_component")
     assert kernel_calls == [4]
     assert th.isnan(entropy[1:3]).all()
     assert th.isfinite(entropy[[0, 3]]).all()
@@ -250,10 +250,10 @@ def test_disabled_block_uses_the_torch_path_in_this_thread_only(fresh_native, ke
     stds = log_stds.exp().expand_as(means)
     with native.disabled():
         with native.disabled():
-            inside = gmm_entropy(logits, means, stds)
+            inside = gmm_entropy(logits, means, stds, rule_nd="per_component")
         assert native.library(th.float64) is None  # still inside the outer block
     assert kernel_calls == []
-    outside = gmm_entropy(logits, means, stds)
+    outside = gmm_entropy(logits, means, stds, rule_nd="per_component")
     assert kernel_calls == [6]
     th.testing.assert_close(inside, outside, rtol=1e-12, atol=1e-12)
 

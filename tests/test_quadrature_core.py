@@ -122,9 +122,11 @@ def test_first_order_backward_stays_hand_written(monkeypatch):
     original = quadrature._differentiable_backward
     monkeypatch.setattr(quadrature, "_differentiable_backward", lambda *args: calls.append(1) or original(*args))
     logits, means = th.randn(4, 3, requires_grad=True), th.randn(4, 3, 2, requires_grad=True)
-    gmm_entropy(logits, means, th.ones(4, 3, 2)).sum().backward()
+    gmm_entropy(logits, means, th.ones(4, 3, 2), rule_nd="per_component").sum().backward()
     assert not calls
-    th.autograd.grad(gmm_entropy(logits, means, th.ones(4, 3, 2)).sum(), means, create_graph=True)
+    th.autograd.grad(
+        gmm_entropy(logits, means, th.ones(4, 3, 2), rule_nd="per_component").sum(), means, create_graph=True
+    )
     assert calls == [1]
 
 
@@ -154,14 +156,16 @@ def test_zero_incoming_gradient_gives_zero_gradients():
     logits = th.randn(5, 3, requires_grad=True)
     means = th.randn(5, 3, 2, requires_grad=True)
     log_stds = th.zeros(3, 2, requires_grad=True)
-    entropy = gmm_entropy(logits, means, log_stds.exp().expand(5, 3, 2))
+    entropy = gmm_entropy(logits, means, log_stds.exp().expand(5, 3, 2), rule_nd="per_component")
     (0.0 * entropy.mean() + means.sum() + log_stds.sum()).backward()
     assert th.equal(means.grad, th.ones_like(means))
     assert th.equal(log_stds.grad, th.ones_like(log_stds))
     assert logits.grad is None or th.equal(logits.grad, th.zeros_like(logits))
     # A partly zero gradient still takes the full path and matches autograd through the reference.
     weights = th.tensor([0.0, 0.0, 1.0, 0.0, 0.0])
-    grads = th.autograd.grad((weights * gmm_entropy(logits, means, log_stds.exp().expand(5, 3, 2))).sum(), means)
+    grads = th.autograd.grad(
+        (weights * gmm_entropy(logits, means, log_stds.exp().expand(5, 3, 2), rule_nd="per_component")).sum(), means
+    )
     params = mixture_params(logits, means, log_stds.exp().expand(5, 3, 2))
     points, point_weights, features = _qmc_rule(3, 2, 64, 0, th.float32, th.device("cpu"))
     reference = quadrature_entropy(params, points, point_weights, fused=False, features=features)

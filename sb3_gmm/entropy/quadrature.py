@@ -73,9 +73,10 @@ INTEGRANDS = ("responsibility_entropy", "log_responsibility")
 RULES_1D = ("per_component", "union")
 # The union rule's outermost nodes: each component's mean +- this many stds, so the trapezoid covers the support.
 UNION_RULE_END = 6.0
-# qmc's rules in D >= 2: each component's integral on its own points (the default), or every component's points
-# pooled by multiple importance sampling, with narrow components' points widened (widened_mis_entropy).
-RULES_ND = ("per_component", "widened_mis")
+# qmc's rules in D >= 2: every component's points pooled by multiple importance sampling, with narrow components'
+# points widened (widened_mis_entropy; the default), or each component's integral on its own points (the rule before
+# it, kept to reproduce earlier results).
+RULES_ND = ("widened_mis", "per_component")
 # widened_mis: a component whose std in a dimension is more than MIS_RATIO times below the widest component's there
 # is narrow in it, and its points spread out by up to MIS_WIDENING there (a smooth step, MIS_SHARPNESS per unit of
 # log ratio; the widest std is a soft maximum at temperature 1 / MIS_SOFT_MAX). Chosen on the narrow_heavy family
@@ -95,7 +96,8 @@ FUSED_OPTION = Option(
 )
 INTEGRAND_HELP = (
     "what the points average: the entropy of the responsibilities (bounded, the default) or the log responsibility "
-    "of the own component (the earlier form, kept to reproduce it)"
+    "of the own component (the earlier form, kept to reproduce it). qmc's pooled rule in D >= 2 (rule_nd="
+    "'widened_mis') integrates p times the first over all components at once, where the two are the same function"
 )
 
 
@@ -671,8 +673,8 @@ def _qmc_point_rule(
     rule_1d: str = RULES_1D[0],
     rule_nd: str = RULES_ND[0],
 ) -> Optional[PointRule]:
-    if not fused or (dim > 1 and rule_nd != RULES_ND[0]):
-        return None  # autograd through every op
+    if not fused or (dim > 1 and rule_nd == "widened_mis"):
+        return None  # autograd through every op, or the pooled rule's own kernel
     points, point_weights, _ = _qmc_rule(n_components, dim, n_points, seed, dtype, device)
     if dim == 1 and rule_1d == "union":
         # qmc itself refuses the union rule with the other integrand: leave that error to it.
@@ -700,10 +702,10 @@ def _qmc_point_rule(
         "rule_nd": Option(
             RULES_ND[0],
             one_of(*RULES_ND),
-            "D >= 2 only: each component's integral on its own points (fast, compiled), or 'widened_mis': every "
-            "component's points pooled by multiple importance sampling, narrow components' points widened, accurate "
-            "where a narrow component sits inside wide ones (torch autograd only, no compiled kernel yet; "
-            "docs/qmc_design.md)",
+            "D >= 2 only (ignored in 1-D, where rule_1d decides): 'widened_mis' pools every component's points by "
+            "multiple importance sampling and widens narrow components' points, accurate where a narrow component "
+            "sits inside wide ones (compiled; 1.1-1.8x the cost of 'per_component'); 'per_component': each "
+            "component's integral on its own points (the earlier default, kept to reproduce it; docs/qmc_design.md)",
         ),
     },
     point_rule=_qmc_point_rule,
@@ -729,14 +731,8 @@ def qmc(
         if integrand != INTEGRANDS[0]:
             raise ValueError("qmc option rule_1d='union' takes integrand='responsibility_entropy' only")
         return union_rule_entropy(params, points[:, 0])
-    if rule_nd != RULES_ND[0]:
-        if params.dim == 1:
-            raise ValueError(
-                f"qmc option rule_nd={rule_nd!r} is defined for D >= 2, got one action dimension; leave rule_nd at "
-                "its default 'per_component' in 1-D (rule_1d chooses the rule there)"
-            )
-        if integrand != INTEGRANDS[0]:
-            raise ValueError(f"qmc option rule_nd={rule_nd!r} takes integrand='responsibility_entropy' only")
+    if params.dim > 1 and rule_nd == "widened_mis":
+        # Pooled over all components, both integrands are one function: sum_i w_i N_i log r_i = p sum_i r_i log r_i.
         return widened_mis_entropy(params, points, features)
     return quadrature_entropy(params, points, point_weights, fused=fused, features=features, integrand=integrand)
 
@@ -807,8 +803,9 @@ def widened_mis_entropy(params: MixtureParams, points: th.Tensor, features: Opti
     carries a gradient of order 1 / narrow std (docs/qmc_design.md, narrow inside wide). Here component ``k``'s
     points are ``x = mu_k + c_k s_k eps`` with ``c_k`` = :func:`mis_widening`, and every point counts for the whole
     integral with weight ``p(x) / sum_j q_j(x)`` (``q_j`` the widened proposal of component ``j``): near the narrow
-    component its own, now denser, points take over the shell. Pure torch, differentiated by autograd (second
-    derivatives too); no compiled kernel yet.
+    component its own, now denser, points take over the shell. On the CPU a compiled kernel computes the value and its
+    first derivative in one call (memory bounded at any batch size); elsewhere the torch formula, in chunks above the
+    memory budget. Second derivatives are autograd's through the torch formula.
 
     :param params: the mixture, D >= 2
     :param points: ``[K, n, D]`` standard-normal points per component (qmc's)
@@ -818,35 +815,121 @@ def widened_mis_entropy(params: MixtureParams, points: th.Tensor, features: Opti
     if params.n_components == 1:
         return weighted_sum(params.log_weights, gaussian_entropies(params.log_stds) - params.log_weights)
     proposal_log_stds = params.log_stds + mis_widening(params.log_stds).log()  # [..., K, D]
+    inputs = (*params, proposal_log_stds.exp(), proposal_log_stds)
+    if not th.compiler.is_compiling():
+        kernels = _kernel_for(params.means, points)  # None off the CPU
+        if kernels is not None and all(tensor.dtype == params.means.dtype for tensor in params):
+            return _CompiledWidenedMis.apply(*inputs, points, kernels, native.records_graph(inputs))
     if features is None:
-        features = point_features(points)  # the samples are mu_i + exp(proposal_log_stds_i) * eps
+        features = point_features(points)
+    return _torch_widened_mis(*inputs, features)
+
+
+def _torch_widened_mis(
+    log_weights: th.Tensor,
+    means: th.Tensor,
+    stds: th.Tensor,
+    log_stds: th.Tensor,
+    proposal_stds: th.Tensor,
+    proposal_log_stds: th.Tensor,
+    features: th.Tensor,
+) -> th.Tensor:
+    """:func:`widened_mis_entropy` in torch ops, differentiated by autograd (the compiled kernel's reference; the path
+    off the CPU). A batch whose ``[..., K, K, n]`` exponents exceed the memory budget is evaluated in chunks, each
+    recomputed in the backward (activation checkpointing), so memory stays bounded at any batch size."""
+    params = MixtureParams(log_weights, means, stds, log_stds)
+    n_components, n_points = means.shape[-2], features.shape[-2]
+    batch_shape = _batch_shape(params)
+    rows = _rows_in_budget(n_components, n_points, means)
+    if batch_shape.numel() <= rows:
+        return _widened_mis_pass(params, proposal_stds, proposal_log_stds, features)
+    flat = [
+        _flatten_batch(tensor, batch_shape, event_dims)
+        for tensor, event_dims in zip((*params, proposal_stds, proposal_log_stds), (1, 2, 2, 2, 2, 2))
+    ]
+
+    def chunk(*tensors: th.Tensor) -> th.Tensor:
+        return _widened_mis_pass(MixtureParams(*tensors[:4]), tensors[4], tensors[5], features)
+
+    parts = []
+    for start in range(0, batch_shape.numel(), rows):
+        tensors = [tensor[start : start + rows] for tensor in flat]
+        if th.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors):
+            parts.append(th.utils.checkpoint.checkpoint(chunk, *tensors, use_reentrant=False))
+        else:
+            parts.append(chunk(*tensors))
+    return th.cat(parts).view(batch_shape)
+
+
+def _rows_in_budget(n_components: int, n_points: int, means: th.Tensor) -> int:
+    """Batch elements per pass of the torch paths: their ``[rows, K, K, n]`` intermediate within the budget."""
+    budget = CHUNK_BYTES if means.is_cpu else GPU_CHUNK_BYTES
+    return max(1, int(budget // (n_components * n_components * n_points * means.element_size())))
+
+
+def _widened_mis_pass(
+    params: MixtureParams, proposal_stds: th.Tensor, proposal_log_stds: th.Tensor, features: th.Tensor
+) -> th.Tensor:
+    """One pass of :func:`_torch_widened_mis` over a whole (sub-)batch."""
     # log w_j + log N_j and log q_j at component i's samples, [..., K(i), K(j), n], as quadratic forms in eps.
-    joint_form = _sample_exponents(params, proposal_log_stds, params.log_stds, params.log_weights)
+    joint_form = _sample_exponents(params, proposal_stds, params.stds, params.log_stds, params.log_weights)
     log_joint = _contract_points(joint_form, features)
-    log_proposals = _contract_points(_sample_exponents(params, proposal_log_stds, proposal_log_stds), features)
+    proposal_form = _sample_exponents(params, proposal_stds, proposal_stds, proposal_log_stds)
+    log_proposals = _contract_points(proposal_form, features)
     log_density = th.logsumexp(log_joint, dim=-2)  # [..., K, n]; both omit D / 2 log(2 pi), which cancels
     log_responsibilities = log_joint - log_density.unsqueeze(-2)
     entropies = -(log_responsibilities.exp() * log_responsibilities).sum(-2)  # within [0, log K]
     importance = (log_density - th.logsumexp(log_proposals, dim=-2)).exp()  # p / sum_j q_j
     upper = weighted_sum(params.log_weights, gaussian_entropies(params.log_stds) - params.log_weights)
-    return upper - (importance * entropies).sum((-2, -1)) / points.shape[-2]
+    return upper - (importance * entropies).sum((-2, -1)) / features.shape[-2]
+
+
+class _CompiledWidenedMis(th.autograd.Function):
+    """:func:`widened_mis_entropy` through the compiled kernel: the gradient is computed in the forward (incoming
+    gradient one) and scaled in the backward; a backward that records a graph differentiates the torch formula."""
+
+    @staticmethod
+    def forward(ctx, *args):  # type: ignore[override]
+        # (log_weights, means, stds, log_stds, proposal_stds, proposal_log_stds, points, kernels, with_gradient)
+        *inputs, points, kernels, with_gradient = args
+        batch_shape = _batch_shape(MixtureParams(*inputs[:4]))
+        flat = [_flatten_batch(tensor, batch_shape, 1 if index == 0 else 2) for index, tensor in enumerate(inputs)]
+        means = inputs[1]
+        value, buffer = native.mis_entropy(kernels, *flat, points, max_scaled_distance(means.dtype), with_gradient)
+        ctx.shape = means.shape[-2:]
+        saved = () if buffer is None else (buffer.view(*batch_shape, buffer.shape[-1]),)
+        ctx.save_for_backward(*saved, points, *inputs)
+        return value.view(batch_shape)
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        points, *inputs = ctx.saved_tensors[-7:]
+        if th.is_grad_enabled():
+
+            def reference(*tensors: th.Tensor) -> th.Tensor:
+                return _torch_widened_mis(*tensors, point_features(points))
+
+            return native.differentiable_gradients(reference, inputs, ctx.needs_input_grad, grad_output, 9)
+        scaled = grad_output.unsqueeze(-1) * ctx.saved_tensors[0]
+        return (*native.split_mis_gradient(scaled, *ctx.shape), None, None, None)
 
 
 def _sample_exponents(
     params: MixtureParams,
-    sample_log_stds: th.Tensor,
+    sample_stds: th.Tensor,
+    stds: th.Tensor,
     log_stds: th.Tensor,
     log_weights: Optional[th.Tensor] = None,
 ) -> th.Tensor:
-    """``log w_j + log N(x; mu_j, exp(log_stds_j)) + D / 2 log(2 pi)`` at ``x = mu_i + exp(sample_log_stds_i) eps`` as
-    coefficients of :func:`point_features` ``[eps, eps^2, 1]``, ``[..., K(i), K(j), 2D + 1]``.
+    """``log w_j + log N(x; mu_j, s_j) + D / 2 log(2 pi)`` at ``x = mu_i + t_i eps`` (``t = sample_stds``, ``s = stds``)
+    as coefficients of :func:`point_features` ``[eps, eps^2, 1]``, ``[..., K(i), K(j), 2D + 1]``.
 
     With ``a = (mu_i - mu_j) / s_j`` and ``b = t_i / s_j`` the exponent is ``-sum_d log s_jd - (a + b eps)^2 / 2``.
     """
-    inv_stds = (-log_stds).exp().unsqueeze(-3)  # 1 / s_j, [..., 1, K, D]
+    inv_stds = stds.reciprocal().unsqueeze(-3)  # 1 / s_j, [..., 1, K, D]
     limit = max_scaled_distance(params.means.dtype)
     scaled_diff = (pairwise_differences(params.means) * inv_stds).clamp(-limit, limit)  # a
-    std_ratio = sample_log_stds.exp().unsqueeze(-2) * inv_stds  # b
+    std_ratio = sample_stds.unsqueeze(-2) * inv_stds  # b
     constant = -log_stds.sum(-1).unsqueeze(-2) - 0.5 * scaled_diff.square().sum(-1)
     if log_weights is not None:
         constant = constant + log_weights.unsqueeze(-2)
