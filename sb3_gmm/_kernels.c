@@ -831,31 +831,70 @@ static void chain_to_head(const REAL *g_lw, const REAL *g_mu, const REAL *g_s, c
         }
 }
 
+int sb3_gmm_mis_entropy(int64_t n_batch, int64_t n_components, int64_t dim, int64_t n_points,
+                        const REAL *log_weights, const REAL *means, const REAL *stds, const REAL *log_stds,
+                        const REAL *proposal_stds, const REAL *proposal_log_stds, const int64_t *batch_strides,
+                        const REAL *points, const REAL *point_weights, REAL distance_cap, REAL *value,
+                        REAL *grad_log_weights, REAL *grad_means, REAL *grad_stds, REAL *grad_log_stds,
+                        REAL *grad_proposal_stds, REAL *grad_proposal_log_stds, int64_t grad_batch_stride);
+
+/* The pooled rule's proposals for rows of log stds [rows, K, D] at row_stride (quadrature.mis_widening): log c =
+ * log(1 + (widening - 1) sigmoid(u)), u = sharpness (softmax_D(ls) - ls - log ratio), the soft maximum over the
+ * components at temperature 1 / soft_max. Writes the proposals' log stds and stds, and for the chain rule
+ * a = d log c / d u * sharpness and the soft maximum's weights pi, each [rows, K, D] at row_stride. */
+static void widen_rows(int64_t rows, int64_t K, int64_t D, const REAL *ls, int64_t row_stride, REAL widening,
+                       REAL log_ratio, REAL sharpness, REAL soft_max, REAL *lt, REAL *t, REAL *a, REAL *pi) {
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t d = 0; d < D; ++d) {
+            const REAL *row = ls + r * row_stride;
+            REAL top = row[d];
+            for (int64_t k = 1; k < K; ++k) top = row[k * D + d] > top ? row[k * D + d] : top;
+            REAL total = 0;
+            for (int64_t k = 0; k < K; ++k) total += exp(soft_max * (row[k * D + d] - top));
+            const REAL widest = top + log(total) / soft_max;
+            for (int64_t k = 0; k < K; ++k) {
+                const int64_t f = r * row_stride + k * D + d;
+                const REAL step = 1 / (1 + exp(-sharpness * (widest - ls[f] - log_ratio)));
+                const REAL factor = 1 + (widening - 1) * step;
+                lt[f] = ls[f] + log(factor);
+                t[f] = exp(lt[f]);
+                a[f] = (widening - 1) * step * (1 - step) * sharpness / factor;
+                pi[f] = exp(soft_max * (ls[f] - top)) / total;
+            }
+        }
+}
+
 /*
- * log p(actions) [B] and (entropy not NULL) the quadrature entropy [B] (points as for sb3_gmm_quadrature_entropy;
- * with union_end > 0 and D = 1, qmc's union rule instead, points then the ascending unit nodes [n]),
- * and with grad_log_prob not NULL their derivatives w.r.t. the head: rows of K + 2 K D (logits, means, raw log stds;
- * with a shared parameter the last K D are this element's part of its gradient, which the caller sums over the
- * batch), at grad_stride per element; grad_entropy likewise when entropy is not NULL.
+ * log p(actions) [B] and (entropy not NULL) the entropy estimate [B]: with widening > 0 qmc's pooled rule
+ * (sb3_gmm_mis_entropy; points [K, D, n] and their weights [n], the proposals widened here as mis_widening does, with
+ * widening, ratio, sharpness and soft_max its constants); else with union_end > 0 and D = 1 qmc's union rule (points
+ * the ascending unit nodes [n]); else the per-component rule (points as for sb3_gmm_quadrature_entropy). With
+ * grad_log_prob not NULL their derivatives w.r.t. the head: rows of K + 2 K D (logits, means, raw log stds; with a
+ * shared parameter the last K D are this element's part of its gradient, which the caller sums over the batch), at
+ * grad_stride per element; grad_entropy likewise when entropy is not NULL.
  * Returns 0, or 1 when memory for the workspace could not be allocated.
  */
 int sb3_gmm_head_evaluate(int64_t n_batch, int64_t n_components, int64_t dim, const REAL *head, int64_t head_stride,
                           const REAL *shared_log_std, const REAL *actions, int64_t action_stride, REAL low, REAL high,
                           REAL margin, int64_t n_points, const REAL *points, int64_t point_component_stride,
-                          const REAL *point_weights, int32_t responsibility_entropy, REAL union_end,
-                          REAL distance_cap, REAL *log_prob, REAL *entropy, REAL *grad_log_prob, REAL *grad_entropy,
-                          int64_t grad_stride) {
+                          const REAL *point_weights, int32_t responsibility_entropy, REAL union_end, REAL widening,
+                          REAL ratio, REAL sharpness, REAL soft_max, REAL distance_cap, REAL *log_prob,
+                          REAL *entropy, REAL *grad_log_prob, REAL *grad_entropy, int64_t grad_stride) {
     const int64_t K = n_components, D = dim, KD = K * D;
     const int head_log_stds = shared_log_std == NULL;
     const int with_gradient = grad_log_prob != NULL;
+    const int pooled = entropy != NULL && widening > 0;
     const int64_t std_rows = head_log_stds ? n_batch : 1; /* a shared parameter is bound once */
-    const int64_t lp_width = D + K + 3 * KD, ent_width = K * (2 + 2 * D);
-    int64_t size = n_batch * K + 3 * std_rows * KD;
+    const int64_t lp_width = D + K + 3 * KD, ent_width = pooled ? K + 5 * KD : K * (2 + 2 * D);
+    int64_t size = n_batch * K + 3 * std_rows * KD + (pooled ? 4 * std_rows * KD + KD : 0);
     if (with_gradient) size += n_batch * (lp_width + (entropy != NULL ? ent_width : 0));
     REAL *work = (REAL *)malloc((size_t)size * sizeof(REAL));
     if (work == NULL) return 1;
     REAL *lw = work, *ls = lw + n_batch * K, *s = ls + std_rows * KD, *slope = s + std_rows * KD;
     REAL *lp_grad = slope + std_rows * KD, *ent_grad = lp_grad + (with_gradient ? n_batch * lp_width : 0);
+    REAL *lt = ent_grad + (with_gradient && entropy != NULL ? n_batch * ent_width : 0);
+    REAL *t = lt + (pooled ? std_rows * KD : 0), *a = t + (pooled ? std_rows * KD : 0);
+    REAL *pi = a + (pooled ? std_rows * KD : 0), *through = pi + (pooled ? std_rows * KD : 0);
     const int64_t std_stride =
         bind_batch(n_batch, K, D, head, head_stride, shared_log_std, low, high, margin, lw, ls, s, slope);
     const int64_t lp_strides[5] = {action_stride, K, head_stride, std_stride, std_stride};
@@ -866,7 +905,14 @@ int sb3_gmm_head_evaluate(int64_t n_batch, int64_t n_components, int64_t dim, co
     if (status == 0 && entropy != NULL) {
         const int64_t ent_strides[4] = {K, head_stride, std_stride, std_stride};
         REAL *e = with_gradient ? ent_grad : NULL;
-        if (union_end > 0) /* D = 1: qmc's union rule on the unit nodes `points` (sb3_gmm_union_entropy_1d) */
+        if (pooled) {
+            widen_rows(std_rows, K, D, ls, KD, widening, log(ratio), sharpness, soft_max, lt, t, a, pi);
+            const int64_t mis_strides[6] = {K, head_stride, std_stride, std_stride, std_stride, std_stride};
+            status = sb3_gmm_mis_entropy(n_batch, K, D, n_points, lw, head + K, s, ls, t, lt, mis_strides, points,
+                                         point_weights, distance_cap, entropy, e, e ? e + K : NULL,
+                                         e ? e + K + KD : NULL, e ? e + K + 2 * KD : NULL, e ? e + K + 3 * KD : NULL,
+                                         e ? e + K + 4 * KD : NULL, ent_width);
+        } else if (union_end > 0) /* D = 1: qmc's union rule on the unit nodes `points` */
             status = sb3_gmm_union_entropy_1d(n_batch, K, n_points, lw, head + K, s, ls, ent_strides, points, union_end,
                                               distance_cap, entropy, e, e ? e + K : NULL, e ? e + 2 * K : NULL,
                                               e ? e + 3 * K : NULL, ent_width);
@@ -883,9 +929,27 @@ int sb3_gmm_head_evaluate(int64_t n_batch, int64_t n_components, int64_t dim, co
             chain_to_head(lp + D, lp + D + K, lp + D + K + KD, lp + D + K + 2 * KD, 0, lw_b, s_b, slope_b, K, D,
                           grad_log_prob + b * grad_stride);
             if (entropy == NULL) continue;
-            const REAL *ent = ent_grad + b * ent_width;
-            chain_to_head(ent, ent + K, ent + K + KD, ent + K + 2 * KD, 1, lw_b, s_b, slope_b, K, D,
-                          grad_entropy + b * grad_stride);
+            REAL *ent = ent_grad + b * ent_width;
+            if (!pooled) {
+                chain_to_head(ent, ent + K, ent + K + KD, ent + K + 2 * KD, 1, lw_b, s_b, slope_b, K, D,
+                              grad_entropy + b * grad_stride);
+                continue;
+            }
+            /* Through the proposals: G = dV/dlt + dV/dt t, and lt = ls + log c(ls), so
+             * dV/dls_k'd += G_k'd (1 - a_k'd) + pi_k'd sum_k G_kd a_kd. */
+            const REAL *t_b = t + b * std_stride, *a_b = a + b * std_stride, *pi_b = pi + b * std_stride;
+            REAL *g_ls = ent + K + 2 * KD;
+            const REAL *g_t = ent + K + 3 * KD, *g_lt = ent + K + 4 * KD;
+            for (int64_t f = 0; f < KD; ++f) through[f] = g_lt[f] + g_t[f] * t_b[f];
+            for (int64_t d = 0; d < D; ++d) {
+                REAL shared = 0;
+                for (int64_t k = 0; k < K; ++k) shared += through[k * D + d] * a_b[k * D + d];
+                for (int64_t k = 0; k < K; ++k) {
+                    const int64_t f = k * D + d;
+                    g_ls[f] += through[f] * (1 - a_b[f]) + pi_b[f] * shared;
+                }
+            }
+            chain_to_head(ent, ent + K, ent + K + KD, g_ls, 0, lw_b, s_b, slope_b, K, D, grad_entropy + b * grad_stride);
         }
     free(work);
     return status;
@@ -932,31 +996,33 @@ int sb3_gmm_head_sample(int64_t n_batch, int64_t n_components, int64_t dim, cons
 }
 
 /* ------------------------------------------------------------------------------------------------------------------
- * qmc's pooled rule in D >= 2 (sb3_gmm.entropy.quadrature.widened_mis_entropy) and its first derivative:
- * H(w) + sum_i w_i H_i - I, I = 1/n sum_i sum_m p(x_im) h(x_im) / sum_j q_j(x_im), x_im = mu_i + t_i eps_im, with
+ * qmc's pooled rule (sb3_gmm.entropy.quadrature.widened_mis_entropy) and its first derivative:
+ * H(w) + sum_i w_i H_i - I, I = sum_i sum_m v_m p(x_im) h(x_im) / sum_j q_j(x_im), x_im = mu_i + t_i eps_im, with
  * q_j = N(mu_j, t_j^2) the widened proposals and h the entropy of the responsibilities. At component i's points
  * every component's log density is a quadratic form in eps, once with the mixture's stds s_j and log weights (for p)
  * and once with the proposals' t_j (for q): a = (mu_i - mu_j) / s_j, b = t_i / s_j, exponent
  * lw_j - sum_d log s_jd - sum_d (a + b eps)^2 / 2 (the D / 2 log(2 pi) cancels in h and in p / q).
  *
- * Per element and component i the loops run over the n points innermost (n = 64 by default), so gcc vectorises them.
- * dV/dP_j = w r_j log r_j / n and dV/dQ_j = w h rho_j / n at each point (w = p / sum q, r and rho the shares of p and
+ * v_m are the point weights of a rule for N(0, I) (1 / n for Sobol points, the sinh rule's in 1-D). Per element and
+ * component i the loops run over the n points innermost (n = 36 to 64 by default), so gcc vectorises them.
+ * dV/dP_j = v w r_j log r_j and dV/dQ_j = v w h rho_j at each point (w = p / sum q, r and rho the shares of p and
  * of sum q), summed onto the coefficients through [eps, eps^2, 1] and then onto the inputs by the chain rule.
  *
  * Inputs: log_weights [B, K]; means, stds, log_stds, proposal stds t, proposal log stds [B, K, D], element b at
- * batch_strides[input] * b (0: shared by the whole batch); points [K, D, n] (component i's points, coordinate-major).
+ * batch_strides[input] * b (0: shared by the whole batch); points [K, D, n] (component i's points, coordinate-major);
+ * point_weights [n].
  * Outputs: value [B]; with grad_log_weights not NULL the gradient w.r.t. the six inputs ([K], then [K, D] each), each
  * at grad_batch_stride * b. Returns 0, or 1 when the workspace could not be allocated.
  * ------------------------------------------------------------------------------------------------------------------ */
 int sb3_gmm_mis_entropy(int64_t n_batch, int64_t n_components, int64_t dim, int64_t n_points,
                         const REAL *log_weights, const REAL *means, const REAL *stds, const REAL *log_stds,
                         const REAL *proposal_stds, const REAL *proposal_log_stds, const int64_t *batch_strides,
-                        const REAL *points, REAL distance_cap, REAL *value, REAL *grad_log_weights,
+                        const REAL *points, const REAL *point_weights, REAL distance_cap, REAL *value,
+                        REAL *grad_log_weights,
                         REAL *grad_means, REAL *grad_stds, REAL *grad_log_stds, REAL *grad_proposal_stds,
                         REAL *grad_proposal_log_stds, int64_t grad_batch_stride) {
     const int64_t K = n_components, D = dim, n = n_points, KD = K * D;
     const int with_gradient = grad_log_weights != NULL;
-    const REAL inv_n = (REAL)1 / (REAL)n;
     /* Exponents P, Q and their exponentials [K, n] each; per point: max and sum of P, sum of P's exponentials times
      * the exponent, h, max and sum of Q, the pooled weight [7, n]; eps^2 [K, D, n]; per component i: the p and q
      * forms' linear and quadratic coefficients [4, K, D], constants [2, K]. */
@@ -1082,17 +1148,18 @@ int sb3_gmm_mis_entropy(int64_t n_batch, int64_t n_components, int64_t dim, int6
                 const REAL log_p_sum = log(p_sum[m]);
                 entropy[m] = log_p_sum - p_moment[m] / p_sum[m];
                 pooled[m] = exp(p_max[m] + log_p_sum - q_max[m] - log(q_sum[m]));
-                part += pooled[m] * entropy[m];
-                /* Reused below: log S, then the pooled weight over n. */
+                part += point_weights[m] * pooled[m] * entropy[m];
+                /* Reused below: log S, then the pooled weight times the point weight. */
                 p_moment[m] = log_p_sum;
             }
             integral += part;
             if (!with_gradient) continue;
-            for (int64_t m = 0; m < n; ++m) pooled[m] *= inv_n;
+#pragma GCC ivdep /* the scratch rows never overlap */
+            for (int64_t m = 0; m < n; ++m) pooled[m] *= point_weights[m];
             for (int64_t j = 0; j < K; ++j) {
                 REAL *restrict pj = P + j * n, *restrict qj = Q + j * n;
                 const REAL *epj = EP + j * n, *eqj = EQ + j * n;
-                /* In place: P_j becomes dV/dP_j = (w / n) r_j log r_j, Q_j becomes dV/dQ_j = (w / n) h rho_j. */
+                /* In place: P_j becomes dV/dP_j = v w r_j log r_j, Q_j becomes dV/dQ_j = v w h rho_j. */
                 REAL gp_const = 0, gq_const = 0;
                 #pragma GCC ivdep /* the scratch rows never overlap */
                 for (int64_t m = 0; m < n; ++m) {
@@ -1134,7 +1201,7 @@ int sb3_gmm_mis_entropy(int64_t n_batch, int64_t n_components, int64_t dim, int6
                 }
             }
         }
-        value[b] = total - integral * inv_n;
+        value[b] = total - integral;
     }
     free(work);
     return 0;

@@ -283,24 +283,27 @@ def mis_entropy(
     proposal_stds: th.Tensor,
     proposal_log_stds: th.Tensor,
     points: th.Tensor,
+    point_weights: th.Tensor,
     distance_cap: float,
     with_gradient: bool,
 ) -> Tuple[th.Tensor, Optional[th.Tensor]]:
-    """qmc's pooled, widened rule in D >= 2 (:func:`sb3_gmm.entropy.quadrature.widened_mis_entropy`) ``[N]`` and,
+    """qmc's pooled, widened rule (:func:`sb3_gmm.entropy.quadrature.widened_mis_entropy`) ``[N]`` and,
     with ``with_gradient``, its gradient as one buffer ``[N, K + 5 K D]`` that :func:`split_mis_gradient` cuts.
 
     :param log_weights: ``[N, K]``; ``means``, ``stds``, ``log_stds`` and the proposals' ``proposal_stds``,
         ``proposal_log_stds``: ``[N, K, D]`` (batch stride 0 allowed)
     :param points: ``[K, n, D]`` standard-normal points per component
+    :param point_weights: ``[n]``, summing to one
     """
     n_batch, n_components, dim = means.shape
     inputs, strides = _strided(log_weights, means, stds, log_stds, proposal_stds, proposal_log_stds)
+    point_weights = point_weights.contiguous()
     coordinate_major = points.transpose(-1, -2).contiguous()  # [K, D, n]: the kernel's loops run over the points
     parts = _mis_parts(n_components, dim)
     value, buffer, pointers = _outputs(means, n_batch, parts, with_gradient)
     status = kernels.mis_entropy(
         n_batch, n_components, dim, points.shape[-2], *(tensor.data_ptr() for tensor in inputs), strides,
-        coordinate_major.data_ptr(), distance_cap, value.data_ptr(), *pointers, sum(parts),
+        coordinate_major.data_ptr(), point_weights.data_ptr(), distance_cap, value.data_ptr(), *pointers, sum(parts),
     )  # fmt: skip
     _check(status, "pooled-rule", n_components, dim)
     return value, buffer
@@ -328,7 +331,7 @@ def head_evaluate(
     shared_log_std: Optional[th.Tensor],
     actions: th.Tensor,
     bounds: LogStdBounds,
-    rule: Optional[Tuple[th.Tensor, th.Tensor, bool, float]],
+    rule: Optional[Tuple[th.Tensor, th.Tensor, bool, float, Tuple[float, ...]]],
     distance_cap: float,
     with_gradient: bool,
 ) -> Tuple[th.Tensor, Optional[th.Tensor], Optional[th.Tensor]]:
@@ -341,8 +344,8 @@ def head_evaluate(
         gradient columns (the last ``K D``) are per element; the caller sums them over the batch
     :param actions: ``[N, D]``
     :param bounds: the log stds' soft clamp
-    :param rule: the entropy's points ``[n, D]`` or ``[K, n, D]``, weights ``[n]``, integrand and union rule's end
-        (:class:`sb3_gmm.entropy.quadrature.PointRule`), or None for the log density alone
+    :param rule: the entropy's points ``[n, D]`` or ``[K, n, D]``, weights ``[n]``, integrand, union rule's end and
+        pooled rule's widening (:class:`sb3_gmm.entropy.quadrature.PointRule`), or None for the log density alone
     :param distance_cap: :func:`sb3_gmm.mixture.max_scaled_distance` of the dtype
     :param with_gradient: also return the gradient buffer
     """
@@ -357,12 +360,16 @@ def head_evaluate(
     buffer = head.new_empty(n_batch, n_values, width) if with_gradient else None
     # Without a rule: no points (NULL), no entropy, and the gradient buffer holds the log density's part alone.
     n_points, points_pointer, component_stride, weights_pointer, responsibility_entropy = 0, None, 0, None, True
-    union_end = 0.0
+    union_end, widening = 0.0, (0.0, 1.0, 1.0, 1.0)  # no widening: not the pooled rule
     if rule is not None:
-        points, point_weights, responsibility_entropy, union_end = rule
+        points, point_weights, responsibility_entropy, union_end, pooled = rule
+        if pooled:
+            widening = pooled
+            # The pooled kernel's points: per component and coordinate-major, [K, D, n].
+            points = points.expand(n_components, *points.shape[-2:]).transpose(-1, -2)
         points, point_weights = points.contiguous(), point_weights.contiguous()
         n_points, points_pointer, weights_pointer = point_weights.shape[0], points.data_ptr(), point_weights.data_ptr()
-        component_stride = 0 if points.dim() == 2 else points.shape[-2] * dim
+        component_stride = 0 if points.dim() == 2 else points.shape[-1] * points.shape[-2]
     if shared_log_std is not None:
         shared_log_std = shared_log_std.contiguous()  # kept referenced until the call returns
     shared_pointer = None if shared_log_std is None else shared_log_std.data_ptr()
@@ -375,7 +382,7 @@ def head_evaluate(
     status = kernels.head_evaluate(
         n_batch, n_components, dim, head.data_ptr(), head.stride(0), shared_pointer, actions.data_ptr(),
         actions.stride(0), *bounds, n_points, points_pointer, component_stride, weights_pointer,
-        int(responsibility_entropy), union_end, distance_cap, log_prob.data_ptr(), entropy_pointer,
+        int(responsibility_entropy), union_end, *widening, distance_cap, log_prob.data_ptr(), entropy_pointer,
         log_prob_grad_pointer, entropy_grad_pointer, n_values * width,
     )  # fmt: skip
     _check(status, "head", n_components, dim)
@@ -645,14 +652,16 @@ def _load(dtype: th.dtype) -> Kernels:
             pointer, size, pointer, pointer, size,  # head, its stride, shared log std (NULL: none), actions, stride
             ctype, ctype, ctype,  # log-std bounds and soft margin
             size, pointer, size, pointer, ctypes.c_int32,  # points, their component stride, weights, integrand
-            ctype, ctype,  # the union rule's end (0: per-component points), distance cap
+            ctype,  # the union rule's end (0: per-component points)
+            ctype, ctype, ctype, ctype,  # the pooled rule's widening (0: none), ratio, sharpness, soft max
+            ctype,  # distance cap
             pointer, pointer, pointer, pointer, size,  # log_prob, entropy (NULL: none), their gradients, the stride
         ]),
         mis_entropy=declare("sb3_gmm_mis_entropy", [
             size, size, size, size,  # batch, components, dim, points
             pointer, pointer, pointer, pointer,  # log_weights, means, stds, log_stds
             pointer, pointer, pointer,  # proposal stds and log stds, the six inputs' batch strides
-            pointer, ctype,  # points [K, D, n], distance cap
+            pointer, pointer, ctype,  # points [K, D, n], point weights [n], distance cap
             pointer, pointer, pointer, pointer, pointer, pointer, pointer, size,  # value, gradients, their stride
         ]),
         head_sample=declare("sb3_gmm_head_sample", [

@@ -73,7 +73,9 @@ def _values_and_grads(distribution, params, log_std, actions, paired: bool):
     "n_components, dim, method, kwargs",
     [
         (1, 3, None, {}),
-        (4, 1, None, {}),
+        (4, 1, None, {}),  # the pooled rule, as in D >= 2
+        (3, 2, None, {}),
+        (4, 1, None, {"rule_1d": "per_component"}),
         (3, 6, None, {"rule_nd": "per_component"}),
         (8, 2, None, {"rule_nd": "per_component"}),
         (2, 3, "qmc", {"integrand": "log_responsibility", "n_points": 16, "rule_nd": "per_component"}),
@@ -177,13 +179,9 @@ def test_non_finite_parameters_give_nan_not_numbers():
 
 
 def test_where_the_one_call_path_does_not_apply_the_separate_one_serves(head_calls):
-    # An estimator that is no point rule, qmc's pooled rule in D >= 2 (its own kernel), and actions that need a
-    # gradient.
+    # An estimator that is no point rule, and actions that need a gradient.
     distribution, params, log_std, actions = _bound(4, 1, False, th.float64, entropy_method="component_average")
     distribution.log_prob_and_entropy(actions)
-    distribution, params, log_std, actions = _bound(3, 2, False, th.float64)
-    log_prob, entropy = distribution.log_prob_and_entropy(actions)
-    th.testing.assert_close(entropy, distribution.entropy())
     distribution, params, log_std, actions = _bound(4, 1, False, th.float64)
     log_prob, _ = distribution.log_prob_and_entropy(actions.requires_grad_())
     assert head_calls == []

@@ -69,7 +69,7 @@ def _value_and_grads(method: str, options: Dict, batch_shape, n_components: int,
         ("qmc", {"n_points": 16, "rule_nd": "per_component"}, 3, 16),
         ("qmc", {"n_points": 16, "integrand": "log_responsibility", "rule_nd": "per_component"}, 3, 16),
         # Shared Gauss-Hermite features [n, F] (1-D; the rule drops negligible nodes, hence the count below).
-        ("qmc", {"n_points": 16}, 1, None),
+        ("qmc", {"n_points": 16, "rule_1d": "per_component"}, 1, None),
         # Shared sigma points [2D + 1, F].
         ("sigma_points", {}, 3, 7),
         # Per-batch-element noise [..., K, n, F], cut along with the batch; no control variate.

@@ -89,7 +89,7 @@ def _value_and_grads(method: str, options: Dict, batch_shape, n_components: int,
 
 
 CASES = [
-    ("qmc", {}, 4, 1),  # the 1-D rule, shared by every component
+    ("qmc", {"rule_1d": "per_component"}, 4, 1),  # the 1-D rule, shared by every component
     ("qmc", {"rule_nd": "per_component"}, 3, 6),  # Sobol points per component
     ("qmc", {"integrand": "log_responsibility", "rule_nd": "per_component"}, 3, 2),
     ("qmc", {"n_points": 16, "rule_nd": "per_component"}, 8, 3),
@@ -158,7 +158,7 @@ def test_nan_in_gives_nan_out_with_validation_off(fresh_native, kernel_calls, di
     means[1, 0, 0] = float("nan")
     stds[2, 1, 0] = float("inf")
     with validation(False):
-        entropy = gmm_entropy(logits.detach(), means, stds, rule_nd="per_component")
+        entropy = gmm_entropy(logits.detach(), means, stds, rule_1d="per_component", rule_nd="per_component")
     assert kernel_calls == [4]
     assert th.isnan(entropy[1:3]).all()
     assert th.isfinite(entropy[[0, 3]]).all()

@@ -112,14 +112,16 @@ def test_union_rule_is_accurate_where_the_per_component_rule_misses(kind, n_comp
     assert cosine(gradient, true_gradient) >= 0.99
 
 
-def test_union_rule_known_case_where_the_default_misses():
+def test_union_and_default_rules_on_a_known_case_where_the_per_component_rule_misses():
     from benchmarks.cases import cosine
 
     case = make_case(1, 4, "narrow_heavy", seed=1)
     _, truth = _value_and_gradient(quadrature_entropy_1d, case)
-    _, default = _value_and_gradient(gmm_entropy, case)
+    _, per_component = _value_and_gradient(lambda *args: gmm_entropy(*args, rule_1d="per_component"), case)
     _, union = _value_and_gradient(lambda *args: gmm_entropy(*args, rule_1d="union"), case)
-    assert cosine(default, truth) < 0.99 < 0.999 < cosine(union, truth)
+    _, default = _value_and_gradient(gmm_entropy, case)  # the pooled rule
+    assert cosine(per_component, truth) < 0.99 < 0.999 < cosine(union, truth)
+    assert cosine(default, truth) > 0.99
 
 
 def test_union_rule_single_gaussian_batches_and_permutations():
@@ -151,12 +153,15 @@ def test_union_rule_derivatives_are_exact():
     assert th.autograd.gradgradcheck(entropy, (logits, means, log_stds))
 
 
-def test_union_rule_refuses_what_it_does_not_define_and_stays_finite_at_extreme_widths():
+def test_union_rule_is_ignored_above_one_dimension_and_stays_finite_at_extreme_widths():
     logits, means, stds = th.zeros(2, 3), th.randn(2, 3, 2), th.ones(2, 3, 2)
-    with pytest.raises(ValueError, match="rule_1d='union' is defined for one action dimension, got D = 2"):
-        gmm_entropy(logits, means, stds, rule_1d="union")
-    with pytest.raises(ValueError, match="integrand='responsibility_entropy' only"):
-        gmm_entropy(logits, means[..., :1], stds[..., :1], rule_1d="union", integrand="log_responsibility")
+    # rule_nd decides in D >= 2, so one setting of rule_1d serves policies of any action dimension.
+    th.testing.assert_close(gmm_entropy(logits, means, stds, rule_1d="union"), gmm_entropy(logits, means, stds))
+    # Over all components at once both integrands are one function: the option does not change the union rule.
+    one_dim = (logits, means[..., :1], stds[..., :1] + th.rand(2, 3, 1))
+    th.testing.assert_close(
+        gmm_entropy(*one_dim, rule_1d="union", integrand="log_responsibility"), gmm_entropy(*one_dim, rule_1d="union")
+    )
     with pytest.raises(ValueError, match="rule_1d"):
         gmm_entropy(logits, means[..., :1], stds[..., :1], rule_1d="adaptive")
     means = th.tensor([[[0.0], [0.0], [3.0]]], requires_grad=True)

@@ -162,3 +162,43 @@ def test_nan_in_gives_nan_out_for_that_element_only(native_on):
         (grad,) = th.autograd.grad(value.sum(), means)
     assert bool(th.isnan(value[1])) and bool(th.isfinite(value[[0, 2]]).all())
     assert bool(th.isfinite(grad[[0, 2]]).all())
+
+
+@pytest.mark.parametrize("dim", [1, 3])
+@pytest.mark.parametrize("state_dependent_std", [False, True])
+def test_policy_one_call_path_equals_the_torch_path_with_the_widening_active(dim, state_dependent_std):
+    from sb3_gmm import native
+
+    if native.library(th.float64) is None:
+        pytest.skip("no C compiler: the torch path is the only path")
+    n_components = 4
+    distribution = GMMDistribution(dim, n_components, state_dependent_std=state_dependent_std)
+    generator = th.Generator().manual_seed(dim)
+    params = th.randn(16, distribution.n_params, generator=generator, dtype=th.float64)
+    log_std = None
+    if state_dependent_std:
+        params[:, n_components * (1 + dim) :] *= 0.3
+        params[:, n_components * (1 + dim)] -= 2.3  # component 0 about 10x narrower in dimension 0
+    else:
+        log_std = 0.3 * th.randn(n_components, dim, generator=generator, dtype=th.float64)
+        log_std[0, 0] -= 2.3
+        log_std.requires_grad_()
+    params.requires_grad_()
+    actions = th.randn(16, dim, generator=generator, dtype=th.float64)
+    inputs = [params] + ([] if log_std is None else [log_std])
+    weights = th.linspace(-1.0, 2.0, 16, dtype=th.float64)
+
+    def values_and_grads():
+        distribution.proba_distribution(params, log_std)
+        log_prob, entropy = distribution.log_prob_and_entropy(actions)
+        grads = th.autograd.grad((weights * log_prob).sum() + 0.7 * entropy.sum(), inputs)
+        return (log_prob, entropy, *grads)
+
+    compiled = values_and_grads()
+    assert (
+        float(mis_widening(distribution.stds.detach().log()).max()) > 1.5
+    )  # the chain through the widening is exercised
+    with native.disabled():
+        reference = values_and_grads()
+    for got, expected in zip(compiled, reference):
+        th.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)

@@ -68,9 +68,10 @@ GPU_CHUNK_BYTES: float = 256 * 2**20
 # measured on a machine with more cores).
 KERNEL_MAX_THREADS_LARGE_BATCH = 2
 INTEGRANDS = ("responsibility_entropy", "log_responsibility")
-# qmc's rules in one dimension: each component's integral with its own nodes (the default), or one composite rule
-# on the sorted union of every component's nodes (union_rule_entropy).
-RULES_1D = ("per_component", "union")
+# qmc's rules in one dimension: every component's nodes pooled (widened_mis_entropy, as in D >= 2; the default), one
+# composite rule on the sorted union of every component's nodes (union_rule_entropy), or each component's integral
+# with its own nodes (the earlier default, kept to reproduce it).
+RULES_1D = ("widened_mis", "union", "per_component")
 # The union rule's outermost nodes: each component's mean +- this many stds, so the trapezoid covers the support.
 UNION_RULE_END = 6.0
 # qmc's rules in D >= 2: every component's points pooled by multiple importance sampling, with narrow components'
@@ -78,12 +79,15 @@ UNION_RULE_END = 6.0
 # it, kept to reproduce earlier results).
 RULES_ND = ("widened_mis", "per_component")
 # widened_mis: a component whose std in a dimension is more than MIS_RATIO times below the widest component's there
-# is narrow in it, and its points spread out by up to MIS_WIDENING there (a smooth step, MIS_SHARPNESS per unit of
-# log ratio; the widest std is a soft maximum at temperature 1 / MIS_SOFT_MAX). Chosen on the narrow_heavy family
-# (benchmarks/mis_rule.py): 2x puts the narrow component's points on the thin shell, about 3 of its stds out, where its
-# responsibility hands over to the wide components. A ratio of 4 also widened concentric components (widths up to
-# 4x) in many dimensions at once, and the importance weights of D = 32 degraded (0.13 nats off); 8 leaves them alone.
+# is narrow in it, and its points spread out by up to MIS_WIDENING there (MIS_WIDENING_1D in one dimension; a smooth
+# step, MIS_SHARPNESS per unit of log ratio; the widest std is a soft maximum at temperature 1 / MIS_SOFT_MAX). Chosen
+# on the narrow_heavy family (benchmarks/mis_rule.py): spread out, the narrow component's points cover the thin shell
+# about 3 of its stds out where its responsibility hands over to the wide components. A ratio of 4 also widened
+# concentric components (widths up to 4x) in many dimensions at once, and the importance weights of D = 32 degraded
+# (0.13 nats off); 8 leaves them alone. One dimension takes more spread (3x: worst gradient cosine on the 1-D suite's
+# narrow_heavy cases 0.991, against 0.987 at 2x and 0.983 at 4x), where no other dimension pays for it.
 MIS_WIDENING = 2.0
+MIS_WIDENING_1D = 3.0
 MIS_RATIO = 8.0
 MIS_SHARPNESS = 8.0
 MIS_SOFT_MAX = 4.0
@@ -96,8 +100,9 @@ FUSED_OPTION = Option(
 )
 INTEGRAND_HELP = (
     "what the points average: the entropy of the responsibilities (bounded, the default) or the log responsibility "
-    "of the own component (the earlier form, kept to reproduce it). qmc's pooled rule in D >= 2 (rule_nd="
-    "'widened_mis') integrates p times the first over all components at once, where the two are the same function"
+    "of the own component (the earlier form, kept to reproduce it). Only the per-component rules tell them apart: "
+    "qmc's default rules (union in 1-D, widened_mis above) integrate over all components at once, where the two are "
+    "the same function"
 )
 
 
@@ -584,12 +589,20 @@ class PointRule(NamedTuple):
     :param responsibility_entropy: the integrand (see the module docstring)
     :param union_end: 0 for the per-component rule; for qmc's 1-D union rule (:func:`union_rule_entropy`) its
         :data:`UNION_RULE_END`, with ``points`` the ascending unit nodes ``[n, 1]``
+    :param widening: empty for the other rules; for qmc's pooled rule (:func:`widened_mis_entropy`) the constants of
+        :func:`mis_widening`: the largest widening, the ratio, the sharpness and the soft maximum's temperature
     """
 
     points: th.Tensor
     point_weights: th.Tensor
     responsibility_entropy: bool
     union_end: float = 0.0
+    widening: Tuple[float, ...] = ()
+
+
+def mis_constants(dim: int) -> Tuple[float, float, float, float]:
+    """:func:`mis_widening`'s constants for ``dim`` action dimensions, as :class:`PointRule` carries them."""
+    return (MIS_WIDENING_1D if dim == 1 else MIS_WIDENING, MIS_RATIO, MIS_SHARPNESS, MIS_SOFT_MAX)
 
 
 @lru_cache(maxsize=128)
@@ -673,12 +686,13 @@ def _qmc_point_rule(
     rule_1d: str = RULES_1D[0],
     rule_nd: str = RULES_ND[0],
 ) -> Optional[PointRule]:
-    if not fused or (dim > 1 and rule_nd == "widened_mis"):
-        return None  # autograd through every op, or the pooled rule's own kernel
+    if not fused:
+        return None  # autograd through every op
     points, point_weights, _ = _qmc_rule(n_components, dim, n_points, seed, dtype, device)
+    if (rule_1d if dim == 1 else rule_nd) == "widened_mis":
+        return PointRule(points, point_weights, True, 0.0, mis_constants(dim))
     if dim == 1 and rule_1d == "union":
-        # qmc itself refuses the union rule with the other integrand: leave that error to it.
-        return PointRule(points, point_weights, True, UNION_RULE_END) if integrand == INTEGRANDS[0] else None
+        return PointRule(points, point_weights, True, UNION_RULE_END)
     return PointRule(points, point_weights, integrand == INTEGRANDS[0])
 
 
@@ -695,9 +709,10 @@ def _qmc_point_rule(
         "rule_1d": Option(
             RULES_1D[0],
             one_of(*RULES_1D),
-            "one action dimension only: each component's integral on its own nodes (fast, compiled), or 'union': "
-            "one rule on the sorted union of every component's nodes, accurate where a narrow component sits inside "
-            "wide ones (compiled too; about 1.5x the default's cost at K = 4, 2.3x at K = 8; docs/qmc_design.md)",
+            "one action dimension only (ignored in D >= 2, where rule_nd decides): 'widened_mis' pools every "
+            "component's nodes as rule_nd does; 'union': one rule on the sorted union of every component's nodes; "
+            "'per_component': each component's integral on its own nodes (the earlier default, kept to reproduce "
+            "it). All compiled; docs/qmc_design.md compares them",
         ),
         "rule_nd": Option(
             RULES_ND[0],
@@ -722,18 +737,12 @@ def qmc(
     points, point_weights, features = _qmc_rule(
         params.n_components, params.dim, n_points, seed, params.means.dtype, params.means.device
     )
-    if rule_1d == "union":
-        if params.dim != 1:
-            raise ValueError(
-                f"qmc option rule_1d='union' is defined for one action dimension, got D = {params.dim}; leave "
-                "rule_1d at its default 'per_component' for D >= 2"
-            )
-        if integrand != INTEGRANDS[0]:
-            raise ValueError("qmc option rule_1d='union' takes integrand='responsibility_entropy' only")
+    # The pooled and union rules integrate p h over all components at once, where both integrands are one function
+    # (sum_i w_i N_i log r_i = p sum_i r_i log r_i), so they serve either.
+    if params.dim == 1 and rule_1d == "union":
         return union_rule_entropy(params, points[:, 0])
-    if params.dim > 1 and rule_nd == "widened_mis":
-        # Pooled over all components, both integrands are one function: sum_i w_i N_i log r_i = p sum_i r_i log r_i.
-        return widened_mis_entropy(params, points, features)
+    if (params.dim == 1 and rule_1d == "widened_mis") or (params.dim > 1 and rule_nd == "widened_mis"):
+        return widened_mis_entropy(params, points, point_weights, features)
     return quadrature_entropy(params, points, point_weights, fused=fused, features=features, integrand=integrand)
 
 
@@ -786,16 +795,19 @@ def _torch_union_rule_entropy(params: MixtureParams, unit_nodes: th.Tensor, foll
 
 def mis_widening(log_stds: th.Tensor) -> th.Tensor:
     """How far :func:`widened_mis_entropy` spreads each component's points in each dimension, ``[..., K, D]`` in
-    ``[1, MIS_WIDENING]``: near 1 unless another component is more than about :data:`MIS_RATIO` times wider there.
-    Smooth in the log stds, so the estimate stays differentiable."""
+    ``[1, MIS_WIDENING]`` (``MIS_WIDENING_1D`` when D = 1): near 1 unless another component is more than about
+    :data:`MIS_RATIO` times wider there. Smooth in the log stds, so the estimate stays differentiable."""
     widest = th.logsumexp(MIS_SOFT_MAX * log_stds, dim=-2, keepdim=True) / MIS_SOFT_MAX
     step = th.sigmoid(MIS_SHARPNESS * (widest - log_stds - math.log(MIS_RATIO)))
-    return 1.0 + (MIS_WIDENING - 1.0) * step
+    largest = mis_constants(log_stds.shape[-1])[0]
+    return 1.0 + (largest - 1.0) * step
 
 
-def widened_mis_entropy(params: MixtureParams, points: th.Tensor, features: Optional[th.Tensor] = None) -> th.Tensor:
-    """``H(w) + sum_i w_i H_i - int p h dx`` in D >= 2 with the integral taken by multiple importance sampling over
-    every component's points (the balance heuristic), each component's points widened where it is narrow.
+def widened_mis_entropy(
+    params: MixtureParams, points: th.Tensor, point_weights: th.Tensor, features: Optional[th.Tensor] = None
+) -> th.Tensor:
+    """``H(w) + sum_i w_i H_i - int p h dx`` with the integral taken by multiple importance sampling over every
+    component's points (the balance heuristic), each component's points widened where it is narrow.
 
     The per-component rule integrates ``h`` (the entropy of the responsibilities) against each component on its own
     points. Where a heavy component is much narrower than light, wide ones in some dimension, ``h`` changes on the
@@ -807,8 +819,12 @@ def widened_mis_entropy(params: MixtureParams, points: th.Tensor, features: Opti
     first derivative in one call (memory bounded at any batch size); elsewhere the torch formula, in chunks above the
     memory budget. Second derivatives are autograd's through the torch formula.
 
-    :param params: the mixture, D >= 2
-    :param points: ``[K, n, D]`` standard-normal points per component (qmc's)
+    In one dimension the same, with qmc's sinh-spaced nodes and their weights. Exact for one Gaussian and in the
+    coincident and far-apart limits, as the per-component rule.
+
+    :param params: the mixture
+    :param points: ``[K, n, D]`` standard-normal points per component, or ``[n, D]`` shared by every component
+    :param point_weights: ``[n]``, a rule for N(0, I) (summing to one)
     :param features: :func:`point_features` of ``points`` when the caller has it cached
     :return: entropy ``[...]``
     """
@@ -816,13 +832,16 @@ def widened_mis_entropy(params: MixtureParams, points: th.Tensor, features: Opti
         return weighted_sum(params.log_weights, gaussian_entropies(params.log_stds) - params.log_weights)
     proposal_log_stds = params.log_stds + mis_widening(params.log_stds).log()  # [..., K, D]
     inputs = (*params, proposal_log_stds.exp(), proposal_log_stds)
+    if points.dim() == 2:
+        points = points.expand(params.n_components, *points.shape)
+        features = None if features is None else features.expand(params.n_components, *features.shape)
     if not th.compiler.is_compiling():
         kernels = _kernel_for(params.means, points)  # None off the CPU
         if kernels is not None and all(tensor.dtype == params.means.dtype for tensor in params):
-            return _CompiledWidenedMis.apply(*inputs, points, kernels, native.records_graph(inputs))
+            return _CompiledWidenedMis.apply(*inputs, points, point_weights, kernels, native.records_graph(inputs))
     if features is None:
         features = point_features(points)
-    return _torch_widened_mis(*inputs, features)
+    return _torch_widened_mis(*inputs, features, point_weights)
 
 
 def _torch_widened_mis(
@@ -833,6 +852,7 @@ def _torch_widened_mis(
     proposal_stds: th.Tensor,
     proposal_log_stds: th.Tensor,
     features: th.Tensor,
+    point_weights: th.Tensor,
 ) -> th.Tensor:
     """:func:`widened_mis_entropy` in torch ops, differentiated by autograd (the compiled kernel's reference; the path
     off the CPU). A batch whose ``[..., K, K, n]`` exponents exceed the memory budget is evaluated in chunks, each
@@ -842,14 +862,14 @@ def _torch_widened_mis(
     batch_shape = _batch_shape(params)
     rows = _rows_in_budget(n_components, n_points, means)
     if batch_shape.numel() <= rows:
-        return _widened_mis_pass(params, proposal_stds, proposal_log_stds, features)
+        return _widened_mis_pass(params, proposal_stds, proposal_log_stds, features, point_weights)
     flat = [
         _flatten_batch(tensor, batch_shape, event_dims)
         for tensor, event_dims in zip((*params, proposal_stds, proposal_log_stds), (1, 2, 2, 2, 2, 2))
     ]
 
     def chunk(*tensors: th.Tensor) -> th.Tensor:
-        return _widened_mis_pass(MixtureParams(*tensors[:4]), tensors[4], tensors[5], features)
+        return _widened_mis_pass(MixtureParams(*tensors[:4]), tensors[4], tensors[5], features, point_weights)
 
     parts = []
     for start in range(0, batch_shape.numel(), rows):
@@ -868,7 +888,11 @@ def _rows_in_budget(n_components: int, n_points: int, means: th.Tensor) -> int:
 
 
 def _widened_mis_pass(
-    params: MixtureParams, proposal_stds: th.Tensor, proposal_log_stds: th.Tensor, features: th.Tensor
+    params: MixtureParams,
+    proposal_stds: th.Tensor,
+    proposal_log_stds: th.Tensor,
+    features: th.Tensor,
+    point_weights: th.Tensor,
 ) -> th.Tensor:
     """One pass of :func:`_torch_widened_mis` over a whole (sub-)batch."""
     # log w_j + log N_j and log q_j at component i's samples, [..., K(i), K(j), n], as quadratic forms in eps.
@@ -881,7 +905,7 @@ def _widened_mis_pass(
     entropies = -(log_responsibilities.exp() * log_responsibilities).sum(-2)  # within [0, log K]
     importance = (log_density - th.logsumexp(log_proposals, dim=-2)).exp()  # p / sum_j q_j
     upper = weighted_sum(params.log_weights, gaussian_entropies(params.log_stds) - params.log_weights)
-    return upper - (importance * entropies).sum((-2, -1)) / features.shape[-2]
+    return upper - (importance * entropies * point_weights).sum((-2, -1))
 
 
 class _CompiledWidenedMis(th.autograd.Function):
@@ -890,28 +914,30 @@ class _CompiledWidenedMis(th.autograd.Function):
 
     @staticmethod
     def forward(ctx, *args):  # type: ignore[override]
-        # (log_weights, means, stds, log_stds, proposal_stds, proposal_log_stds, points, kernels, with_gradient)
-        *inputs, points, kernels, with_gradient = args
+        # (log_weights, means, stds, log_stds, proposal_stds, proposal_log_stds, points, point_weights, kernels,
+        # with_gradient)
+        *inputs, points, point_weights, kernels, with_gradient = args
         batch_shape = _batch_shape(MixtureParams(*inputs[:4]))
         flat = [_flatten_batch(tensor, batch_shape, 1 if index == 0 else 2) for index, tensor in enumerate(inputs)]
         means = inputs[1]
-        value, buffer = native.mis_entropy(kernels, *flat, points, max_scaled_distance(means.dtype), with_gradient)
+        cap = max_scaled_distance(means.dtype)
+        value, buffer = native.mis_entropy(kernels, *flat, points, point_weights, cap, with_gradient)
         ctx.shape = means.shape[-2:]
         saved = () if buffer is None else (buffer.view(*batch_shape, buffer.shape[-1]),)
-        ctx.save_for_backward(*saved, points, *inputs)
+        ctx.save_for_backward(*saved, points, point_weights, *inputs)
         return value.view(batch_shape)
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
-        points, *inputs = ctx.saved_tensors[-7:]
+        points, point_weights, *inputs = ctx.saved_tensors[-8:]
         if th.is_grad_enabled():
 
             def reference(*tensors: th.Tensor) -> th.Tensor:
-                return _torch_widened_mis(*tensors, point_features(points))
+                return _torch_widened_mis(*tensors, point_features(points), point_weights)
 
-            return native.differentiable_gradients(reference, inputs, ctx.needs_input_grad, grad_output, 9)
+            return native.differentiable_gradients(reference, inputs, ctx.needs_input_grad, grad_output, 10)
         scaled = grad_output.unsqueeze(-1) * ctx.saved_tensors[0]
-        return (*native.split_mis_gradient(scaled, *ctx.shape), None, None, None)
+        return (*native.split_mis_gradient(scaled, *ctx.shape), None, None, None, None)
 
 
 def _sample_exponents(
