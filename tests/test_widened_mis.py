@@ -144,9 +144,12 @@ def test_torch_formula_in_chunks_equals_one_pass(monkeypatch):
         one_pass = _value_and_grads(th.float64, (10,))
         monkeypatch.setattr(quadrature, "CHUNK_BYTES", 4 * 4 * 64 * 8 * 3)  # three elements per chunk
         chunked = _value_and_grads(th.float64, (10,))
-    th.testing.assert_close(chunked[0], one_pass[0], rtol=1e-12, atol=1e-12)
-    for chunk_grad, grad in zip(chunked[1], one_pass[1]):
-        th.testing.assert_close(chunk_grad, grad, rtol=1e-12, atol=1e-12)
+        monkeypatch.setattr(quadrature, "CHUNK_BYTES", math.inf)  # chunking off
+        unbounded = _value_and_grads(th.float64, (10,))
+    for other in (chunked, unbounded):
+        th.testing.assert_close(other[0], one_pass[0], rtol=1e-12, atol=1e-12)
+        for other_grad, grad in zip(other[1], one_pass[1]):
+            th.testing.assert_close(other_grad, grad, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("native_on", [True, False])

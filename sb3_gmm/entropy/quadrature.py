@@ -884,6 +884,8 @@ def _torch_widened_mis(
 def _rows_in_budget(n_components: int, n_points: int, means: th.Tensor) -> int:
     """Batch elements per pass of the torch paths: their ``[rows, K, K, n]`` intermediate within the budget."""
     budget = CHUNK_BYTES if means.is_cpu else GPU_CHUNK_BYTES
+    if math.isinf(budget):
+        return 2**62  # chunking off
     return max(1, int(budget // (n_components * n_components * n_points * means.element_size())))
 
 
