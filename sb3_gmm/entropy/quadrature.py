@@ -19,7 +19,10 @@ integrands give the same exact value and different quadrature errors:
   two on the same points (docs/estimators.md, measured in docs/qmc_design.md).
 
 Both vanish for far-apart components and are constant for coincident ones, so every point set is exact in both limits
-and for K = 1. Because ``log w_j + Delta_ij`` is a quadratic form in ``eps``, evaluating it at ``n`` shared points is
+and for K = 1. qmc's default pools the components' points instead of integrating per component
+(:func:`widened_mis_entropy`): pooled, both integrands are one function.
+
+Because ``log w_j + Delta_ij`` is a quadratic form in ``eps``, evaluating it at ``n`` shared points is
 one matrix product ``[..., K, K, 2D + 1] @ [2D + 1, n]``: the cost of a few log_probs, not ``n`` of them. The first
 derivative is written by hand (:class:`_FusedQuadratureEntropy`); second derivatives are autograd's. On the CPU, a
 batch under the memory budget (:data:`CHUNK_BYTES`: every RL minibatch) goes to a compiled C kernel that does the
@@ -700,7 +703,8 @@ def _qmc_point_rule(
     "qmc",
     bound=None,
     cost="O(n K^2 D)",
-    summary="fixed scrambled-Sobol points per component (a sinh-spaced rule in 1-D) with the Gaussian control variate",
+    summary="fixed scrambled-Sobol points per component (a sinh-spaced rule in 1-D), pooled over the components with "
+    "narrow ones widened, with the Gaussian control variate",
     options={
         "n_points": Option(64, positive_int(maximum=4096, minimum=2), "points per component (a power of 2 is best)"),
         "seed": Option(0, positive_int(minimum=0), "scrambling seed of the fixed point sets"),
