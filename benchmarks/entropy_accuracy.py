@@ -52,7 +52,9 @@ OPTION_VARIANTS: Dict[str, List[Dict[str, Any]]] = {
         {"n_points": 32},
         {"n_points": 64},
         {"n_points": 256},
-        {"integrand": "log_responsibility"},
+        # The per-component rules (the default before the pooled rule), and their other integrand.
+        {"rule_1d": "per_component", "rule_nd": "per_component"},
+        {"rule_1d": "per_component", "rule_nd": "per_component", "integrand": "log_responsibility"},
     ],
     "sigma_points": [{"degree": 3}, {"degree": 5}, {"integrand": "log_responsibility"}],
     "monte_carlo": [{"n_samples": 64}],
