@@ -1,5 +1,5 @@
 """qmc's rules on a heavy narrow component inside light, wide ones: per-component points against the pooled, widened
-rule (``widened_mis``, the default since it was measured here), in D >= 2 and in 1-D.
+rule (``widened_mis``, the default in D >= 2 since it was measured here), in D >= 2 and in 1-D.
 
     OMP_NUM_THREADS=1 python -m benchmarks.mis_rule            # prints the tables (about 15 min on one core)
     OMP_NUM_THREADS=1 python -m benchmarks.mis_rule --write    # and writes them into docs/qmc_design.md
@@ -45,9 +45,9 @@ RULES: Dict[str, Dict[str, object]] = {
     "widened_mis (64 points, the default)": {"rule_nd": "widened_mis"},
 }
 RULES_1D: Dict[str, Dict[str, object]] = {
-    "per_component (36 nodes)": {"rule_1d": "per_component"},
+    "per_component (36 nodes, the 1-D default)": {"rule_1d": "per_component"},
     "union (36 nodes per component)": {"rule_1d": "union"},
-    "widened_mis (36 nodes, the default)": {"rule_1d": "widened_mis"},
+    "widened_mis (36 nodes, rule_1d='widened_mis')": {"rule_1d": "widened_mis"},
 }
 FAMILIES: Tuple[Tuple[str, Sequence[int], Sequence[int]], ...] = (
     ("chosen on", (2, 3), range(10)),

@@ -73,9 +73,9 @@ def _values_and_grads(distribution, params, log_std, actions, paired: bool):
     "n_components, dim, method, kwargs",
     [
         (1, 3, None, {}),
-        (4, 1, None, {}),  # the pooled rule, as in D >= 2
-        (3, 2, None, {}),
-        (4, 1, None, {"rule_1d": "per_component"}),
+        (4, 1, None, {}),
+        (3, 2, None, {}),  # the pooled rule, the default in D >= 2
+        (4, 1, None, {"rule_1d": "widened_mis"}),
         (3, 6, None, {"rule_nd": "per_component"}),
         (8, 2, None, {"rule_nd": "per_component"}),
         (2, 3, "qmc", {"integrand": "log_responsibility", "n_points": 16, "rule_nd": "per_component"}),
