@@ -292,13 +292,13 @@ def mis_entropy(
 
     :param log_weights: ``[N, K]``; ``means``, ``stds``, ``log_stds`` and the proposals' ``proposal_stds``,
         ``proposal_log_stds``: ``[N, K, D]`` (batch stride 0 allowed)
-    :param points: ``[K, n, D]`` standard-normal points per component
+    :param points: ``[K, n, D]`` standard-normal points per component, or ``[n, D]`` shared
     :param point_weights: ``[n]``, summing to one
     """
     n_batch, n_components, dim = means.shape
     inputs, strides = _strided(log_weights, means, stds, log_stds, proposal_stds, proposal_log_stds)
     point_weights = point_weights.contiguous()
-    coordinate_major = points.transpose(-1, -2).contiguous()  # [K, D, n]: the kernel's loops run over the points
+    coordinate_major = _pooled_points(points, n_components)
     parts = _mis_parts(n_components, dim)
     value, buffer, pointers = _outputs(means, n_batch, parts, with_gradient)
     status = kernels.mis_entropy(
@@ -307,6 +307,12 @@ def mis_entropy(
     )  # fmt: skip
     _check(status, "pooled-rule", n_components, dim)
     return value, buffer
+
+
+def _pooled_points(points: th.Tensor, n_components: int) -> th.Tensor:
+    """The pooled kernel's points: ``[n, D]`` shared or ``[K, n, D]`` per component, as ``[K, D, n]`` contiguous
+    (its loops run over the points)."""
+    return points.expand(n_components, *points.shape[-2:]).transpose(-1, -2).contiguous()
 
 
 def split_mis_gradient(buffer: th.Tensor, n_components: int, dim: int) -> Tuple[th.Tensor, ...]:
@@ -364,9 +370,7 @@ def head_evaluate(
     if rule is not None:
         points, point_weights, responsibility_entropy, union_end, pooled = rule
         if pooled:
-            widening = pooled
-            # The pooled kernel's points: per component and coordinate-major, [K, D, n].
-            points = points.expand(n_components, *points.shape[-2:]).transpose(-1, -2)
+            widening, points = pooled, _pooled_points(points, n_components)
         points, point_weights = points.contiguous(), point_weights.contiguous()
         n_points, points_pointer, weights_pointer = point_weights.shape[0], points.data_ptr(), point_weights.data_ptr()
         component_stride = 0 if points.dim() == 2 else points.shape[-1] * points.shape[-2]

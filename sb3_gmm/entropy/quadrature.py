@@ -106,8 +106,8 @@ FUSED_OPTION = Option(
 INTEGRAND_HELP = (
     "what the points average: the entropy of the responsibilities (bounded, the default) or the log responsibility "
     "of the own component (the earlier form, kept to reproduce it). Only the per-component rules tell them apart: "
-    "qmc's default rules (union in 1-D, widened_mis above) integrate over all components at once, where the two are "
-    "the same function"
+    "qmc's pooled and union rules (widened_mis, the default in D >= 2, and union) integrate over all components at "
+    "once, where the two are the same function"
 )
 
 
@@ -385,8 +385,7 @@ def _plan(params: MixtureParams, points: th.Tensor, features: th.Tensor) -> Opti
     if fits_budget(n_elements, n_components, n_points, means.element_size(), means.is_cpu):
         return None
     batch_shape = _batch_shape(params, features)
-    budget = CHUNK_BYTES if means.is_cpu else GPU_CHUNK_BYTES
-    rows = max(1, int(budget // (n_components * n_components * n_points * means.element_size())))
+    rows = _rows_in_budget(n_components, n_points, means)
     if rows >= batch_shape.numel():
         return None
     return _Plan(rows, batch_shape, native.records_graph(params))
@@ -679,6 +678,11 @@ def monte_carlo(
     )
 
 
+def _qmc_rule_name(dim: int, rule_1d: str, rule_nd: str) -> str:
+    """The rule qmc uses: ``rule_1d`` in one action dimension, ``rule_nd`` above (each is ignored in the other)."""
+    return rule_1d if dim == 1 else rule_nd
+
+
 def _qmc_point_rule(
     n_components: int,
     dim: int,
@@ -694,9 +698,10 @@ def _qmc_point_rule(
     if not fused:
         return None  # autograd through every op
     points, point_weights, _ = _qmc_rule(n_components, dim, n_points, seed, dtype, device)
-    if (rule_1d if dim == 1 else rule_nd) == "widened_mis":
+    rule = _qmc_rule_name(dim, rule_1d, rule_nd)
+    if rule == "widened_mis":
         return PointRule(points, point_weights, True, 0.0, mis_constants(dim))
-    if dim == 1 and rule_1d == "union":
+    if rule == "union":
         return PointRule(points, point_weights, True, UNION_RULE_END)
     return PointRule(points, point_weights, integrand == INTEGRANDS[0])
 
@@ -747,9 +752,10 @@ def qmc(
     )
     # The pooled and union rules integrate p h over all components at once, where both integrands are one function
     # (sum_i w_i N_i log r_i = p sum_i r_i log r_i), so they serve either.
-    if params.dim == 1 and rule_1d == "union":
+    rule = _qmc_rule_name(params.dim, rule_1d, rule_nd)
+    if rule == "union":
         return union_rule_entropy(params, points[:, 0])
-    if (params.dim == 1 and rule_1d == "widened_mis") or (params.dim > 1 and rule_nd == "widened_mis"):
+    if rule == "widened_mis":
         return widened_mis_entropy(params, points, point_weights, features)
     return quadrature_entropy(params, points, point_weights, fused=fused, features=features, integrand=integrand)
 
@@ -840,9 +846,6 @@ def widened_mis_entropy(
         return weighted_sum(params.log_weights, gaussian_entropies(params.log_stds) - params.log_weights)
     proposal_log_stds = params.log_stds + mis_widening(params.log_stds).log()  # [..., K, D]
     inputs = (*params, proposal_log_stds.exp(), proposal_log_stds)
-    if points.dim() == 2:
-        points = points.expand(params.n_components, *points.shape)
-        features = None if features is None else features.expand(params.n_components, *features.shape)
     if not th.compiler.is_compiling():
         kernels = _kernel_for(params.means, points)  # None off the CPU
         if kernels is not None and all(tensor.dtype == params.means.dtype for tensor in params):
