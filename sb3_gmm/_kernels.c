@@ -66,6 +66,15 @@ static void fill_nan(REAL *values, int64_t n) {
 /* A distance in std units capped at +-cap (sb3_gmm.mixture.max_scaled_distance): beyond it every density is 0. */
 static inline REAL cap_distance(REAL z, REAL cap) { return z > cap ? cap : (z < -cap ? -cap : z); }
 
+/* exp of an exponent that may lie far below any that matters (a node many stds from a component): raised to a floor
+ * whose exp is still far below float resolution next to the terms it is summed with (1e-35 in float, 1e-304 in
+ * double, against terms of order 1), but inside the range where the vectorised exp (glibc's libmvec) stays on its
+ * fast path: below it, every vector with one such lane is redone lane by lane by the scalar exp. */
+static inline REAL exp_floored(REAL x) {
+    const REAL floor = sizeof(REAL) == 4 ? (REAL)-80 : (REAL)-700;
+    return exp(x < floor ? floor : x);
+}
+
 /* Entropy of a D-dimensional Gaussian with unit std: D / 2 * log(2 pi e). */
 #define HALF_LOG_2PI_E 1.4189385332046727
 
@@ -520,8 +529,10 @@ static void scatter(const REAL *restrict values, const int32_t *restrict source,
  * Per batch element: the nodes mu_j + s_j eps_p of every component j (eps sorted ascending, so each component's list
  * is sorted) and each component's ends mu_j -+ end s_j, merged into one sorted list x_0 < ... < x_{M-1}
  * (M = K (n + 2)); trapezoid weights omega_m from the gaps; the estimate
- *   H(w) + sum_i w_i H_i - sum_m omega_m p(x_m) h(x_m),   h = entropy of the responsibilities.
- * The gradient follows the nodes (through x_m into mu_j and s_j, and through the weights' gaps), so it is the exact
+ *   H(w) + sum_i w_i H_i - sum_i w_i A_i / B_i,   A_i = sum_m omega_m g_im h(x_m),   B_i = sum_m omega_m g_im,
+ * with h the entropy of the responsibilities and g_im = exp(-z_im^2 / 2), z_im = (x_m - mu_i) / s_i: each
+ * component's integral of h divided by the rule's integral of that component (exact where h is constant). The
+ * gradient follows the nodes (through x_m into mu_j and s_j, and through the weights' gaps), so it is the exact
  * derivative of the returned value, as autograd's through the torch formula.
  *
  * Inputs: log_weights [B, K], means / stds / log_stds [B, K] (D = 1), batch strides as for the other kernels;
@@ -535,12 +546,11 @@ int sb3_gmm_union_entropy_1d(int64_t n_batch, int64_t n_components, int64_t n_po
                              int64_t grad_batch_stride) {
     const int64_t K = n_components, n = n_points, per = n + 2, M = K * (n + 2);
     const int with_gradient = grad_log_weights != NULL;
-    const REAL half_log_2pi = (REAL)0.91893853320467274;
-    /* eps per list position (ends included); nodes and per-node scratch [M] x 8; per (component, node) scratch
-     * [K, M] x 2; per component [K] x 2. The merge's two buffers of keys, padded by two at each end [2, M + 4], and
+    /* eps per list position (ends included); nodes and per-node scratch [M] x 10; per (component, node) scratch
+     * [K, M] x 3; per component [K] x 5. The merge's two buffers of keys, padded by two at each end [2, M + 4], and
      * of node indices [2, M]. Loops run over the nodes innermost so that the compiler vectorises them (exp and log
      * included). */
-    REAL *work = (REAL *)malloc((size_t)(per + 8 * M + 2 * K * M + 2 * K) * sizeof(REAL));
+    REAL *work = (REAL *)malloc((size_t)(per + 10 * M + 3 * K * M + 5 * K) * sizeof(REAL));
     uint64_t *keys = (uint64_t *)malloc((size_t)(2 * (M + 4)) * sizeof(uint64_t));
     int32_t *indices = (int32_t *)malloc((size_t)(2 * M) * sizeof(int32_t));
     if (work == NULL || keys == NULL || indices == NULL) {
@@ -551,17 +561,23 @@ int sb3_gmm_union_entropy_1d(int64_t n_batch, int64_t n_components, int64_t n_po
     }
     REAL *restrict eps = work;                   /* [n + 2]: -end, unit nodes, +end */
     REAL *restrict nodes = eps + per;            /* [M]: sorted */
-    REAL *restrict shift = nodes + M;            /* [M]: max_k l_k, then p / normaliser */
-    REAL *restrict normaliser = shift + M;       /* [M]: sum_k exp(l_k - shift), then its log */
-    REAL *restrict tilted = normaliser + M;      /* [M]: sum_k exp(l_k - shift) (l_k - shift) */
+    REAL *restrict shift = nodes + M;            /* [M]: max_k l_k (where the offsets spread widely) */
+    REAL *restrict normaliser = shift + M;       /* [M]: sum_k exp(l_k - shift), then its log, then h - log N */
+    REAL *restrict tilted = normaliser + M;      /* [M]: sum_k exp(l_k - shift) (l_k - shift), then 1 / N */
     REAL *restrict omega = tilted + M;           /* [M] */
-    REAL *restrict f = omega + M;                /* [M]: p h */
-    REAL *restrict slope = f + M;                /* [M]: d(p h)/dx */
+    REAL *restrict entropy = omega + M;          /* [M]: h */
+    REAL *restrict f = entropy + M;              /* [M]: F = sum_i alpha_i g_i (h - R_i), the integrand's part */
+    REAL *restrict coupling = f + M;             /* [M]: G = sum_i alpha_i g_i, then -G / N */
+    REAL *restrict slope = coupling + M;         /* [M]: dF/dx */
     REAL *restrict through = slope + M;          /* [M]: d value / d node, by node index */
     REAL *restrict joint = through + M;          /* [K, M]: l, then l - shift */
     REAL *restrict exponential = joint + K * M;  /* [K, M]: exp(l - shift) */
-    REAL *restrict inv_std = exponential + K * M; /* [K] */
+    REAL *restrict gauss = exponential + K * M;  /* [K, M]: g */
+    REAL *restrict inv_std = gauss + K * M;      /* [K] */
     REAL *restrict offset = inv_std + K;         /* [K]: log w - log s */
+    REAL *restrict weight = offset + K;          /* [K]: w */
+    REAL *restrict average = weight + K;         /* [K]: R = A / B */
+    REAL *restrict alpha = average + K;          /* [K]: w / B */
     int32_t *restrict buffer_index = indices;    /* [2, M]: node index j (n + 2) + list position */
     for (int64_t h = 0; h < 2 * (M + 4); ++h) keys[h] = 0; /* the padding is read, never taken */
     eps[0] = -end;
@@ -632,6 +648,7 @@ int sb3_gmm_union_entropy_1d(int64_t n_batch, int64_t n_components, int64_t n_po
         for (int64_t k = 0; k < K; ++k) {
             const REAL w = exp(lw[k]);
             total += w * (HALF_LOG_2PI_E + ls[k] - lw[k]);
+            weight[k] = w;
             inv_std[k] = 1 / s[k];
             offset[k] = lw[k] - ls[k];
             if (with_gradient) {
@@ -640,65 +657,114 @@ int sb3_gmm_union_entropy_1d(int64_t n_batch, int64_t n_components, int64_t n_po
                 g_mu[k] = g_s[k] = 0;
             }
         }
-        /* l_k = log w_k + log N_k(x) + log sqrt(2 pi) at every node and their max, component by component. */
-        for (int64_t k = 0; k < K; ++k) {
-            REAL *restrict l = joint + k * M;
-            const REAL mean = mu[k], scale = inv_std[k], constant = offset[k];
-            for (int64_t m = 0; m < M; ++m) {
-                const REAL z = cap_distance((nodes[m] - mean) * scale, distance_cap);
-                l[m] = constant - (REAL)0.5 * z * z;
-            }
-            if (k == 0)
-                for (int64_t m = 0; m < M; ++m) shift[m] = l[m];
-            else
-                for (int64_t m = 0; m < M; ++m) shift[m] = l[m] > shift[m] ? l[m] : shift[m];
+        /* l_k = log w_k + log N_k(x) + log sqrt(2 pi) = offset_k - z_k^2 / 2 and g_k at every node. With
+         * e_k = exp(l_k - shift), N = sum_k e_k and T = sum_k e_k (l_k - shift): h = -sum_k r_k log r_k = log N - T / N.
+         * Any shift per node that keeps the largest e_k from under- or overflowing serves. Each node lies within
+         * `end` stds of its own component, so where the offsets of the element span less than SPREAD the largest
+         * offset is such a shift, and e_k = exp(offset_k - shift) g_k costs no exp of its own; otherwise the shift
+         * is the largest l_k per node (a second exp per component and node). */
+        REAL top = offset[0], bottom = offset[0];
+        for (int64_t k = 1; k < K; ++k) {
+            top = offset[k] > top ? offset[k] : top;
+            bottom = offset[k] < bottom ? offset[k] : bottom;
         }
-        /* With e_k = exp(l_k - shift), N = sum_k e_k and T = sum_k e_k (l_k - shift): p = N exp(shift) / sqrt(2 pi)
-         * and h = -sum_k r_k log r_k = log N - T / N, so one exp per (component, node) and one exp and log per node. */
+        const REAL spread = sizeof(REAL) == 4 ? (REAL)40 : (REAL)500;
         for (int64_t m = 0; m < M; ++m) normaliser[m] = tilted[m] = 0;
-        for (int64_t k = 0; k < K; ++k) {
-            REAL *restrict l = joint + k * M, *restrict e = exponential + k * M;
-            if (with_gradient)
+        if (top - bottom + (REAL)0.5 * end * end <= spread)
+            for (int64_t k = 0; k < K; ++k) {
+                REAL *restrict l = joint + k * M, *restrict g = gauss + k * M, *restrict e = exponential + k * M;
+                const REAL mean = mu[k], scale = inv_std[k], constant = offset[k] - top;
+                const REAL factor = exp(constant);
+                #pragma GCC ivdep /* the scratch rows never overlap */
                 for (int64_t m = 0; m < M; ++m) {
-                    const REAL centred = l[m] - shift[m], exponent = exp(centred);
+                    const REAL z = cap_distance((nodes[m] - mean) * scale, distance_cap);
+                    const REAL square = (REAL)-0.5 * z * z, gaussian = exp_floored(square);
+                    const REAL centred = constant + square, exponent = factor * gaussian;
+                    g[m] = gaussian;
                     l[m] = centred;
                     e[m] = exponent;
                     normaliser[m] += exponent;
                     tilted[m] += exponent * centred;
                 }
-            else
+            }
+        else {
+            for (int64_t k = 0; k < K; ++k) {
+                REAL *restrict l = joint + k * M, *restrict g = gauss + k * M;
+                const REAL mean = mu[k], scale = inv_std[k], constant = offset[k];
                 for (int64_t m = 0; m < M; ++m) {
-                    const REAL centred = l[m] - shift[m], exponent = exp(centred);
+                    const REAL z = cap_distance((nodes[m] - mean) * scale, distance_cap);
+                    g[m] = exp_floored((REAL)-0.5 * z * z);
+                    l[m] = constant - (REAL)0.5 * z * z;
+                }
+                if (k == 0)
+                    for (int64_t m = 0; m < M; ++m) shift[m] = l[m];
+                else
+                    for (int64_t m = 0; m < M; ++m) shift[m] = l[m] > shift[m] ? l[m] : shift[m];
+            }
+            for (int64_t k = 0; k < K; ++k) {
+                REAL *restrict l = joint + k * M, *restrict e = exponential + k * M;
+                for (int64_t m = 0; m < M; ++m) {
+                    const REAL centred = l[m] - shift[m], exponent = exp_floored(centred);
+                    l[m] = centred;
+                    e[m] = exponent;
                     normaliser[m] += exponent;
                     tilted[m] += exponent * centred;
                 }
+            }
         }
         for (int64_t m = 0; m < M; ++m) {
-            const REAL log_normaliser = log(normaliser[m]), scale = exp(shift[m] - half_log_2pi);
-            f[m] = scale * (normaliser[m] * log_normaliser - tilted[m]);
-            total -= omega[m] * f[m];
-            shift[m] = scale;
+            const REAL log_normaliser = log(normaliser[m]), inv_normaliser = 1 / normaliser[m];
+            entropy[m] = log_normaliser - tilted[m] * inv_normaliser;
             normaliser[m] = log_normaliser;
+            tilted[m] = inv_normaliser;
+        }
+        for (int64_t k = 0; k < K; ++k) {
+            const REAL *g = gauss + k * M;
+            REAL sum_entropy = 0, sum_mass = 0;
+            for (int64_t m = 0; m < M; ++m) {
+                sum_entropy += omega[m] * g[m] * entropy[m];
+                sum_mass += omega[m] * g[m];
+            }
+            average[k] = sum_entropy / sum_mass;
+            alpha[k] = weight[k] / sum_mass;
+            total -= weight[k] * average[k];
         }
         value[b] = total;
         if (!with_gradient) continue;
-        /* d f / d l_k = -p r_k log r_k = -(p / N) e_k (l_k - shift - log N): onto the parameters at fixed x (the
-         * estimate subtracts the integral), and into f' = sum_k d f / d l_k * (-z_k / s_k). */
-        for (int64_t m = 0; m < M; ++m) slope[m] = 0;
+        /* With alpha and R held (d(A/B) = (dA - R dB) / B, and R's own factor w_k apart), the estimate subtracts
+         * sum_m omega_m F_m, F = sum_i alpha_i g_i (h - R_i). dF/dl_k = -G r_k (log r_k + h) = -G (e_k / N)
+         * (l_k - shift - log N + h) onto log w_k and log s_k; through -z_k^2 / 2 (in l_k and in g_k) dF/d(-z_k^2/2)
+         * = dF/dl_k + alpha_k g_k (h - R_k) onto mu_k, s_k and into F' = sum_k dF/d(-z_k^2/2) (-z_k / s_k). */
+        for (int64_t m = 0; m < M; ++m) slope[m] = f[m] = coupling[m] = 0;
         for (int64_t k = 0; k < K; ++k) {
-            const REAL *l = joint + k * M, *e = exponential + k * M;
-            const REAL mean = mu[k], scale = inv_std[k];
+            const REAL *g = gauss + k * M;
+            const REAL a = alpha[k], ar = alpha[k] * average[k];
+            for (int64_t m = 0; m < M; ++m) {
+                coupling[m] += a * g[m];
+                f[m] -= ar * g[m];
+            }
+        }
+        /* Per node, for the loop below: -G / N into coupling, h - log N into normaliser. */
+        for (int64_t m = 0; m < M; ++m) {
+            f[m] += coupling[m] * entropy[m];
+            coupling[m] *= -tilted[m];
+            normaliser[m] = entropy[m] - normaliser[m];
+        }
+        for (int64_t k = 0; k < K; ++k) {
+            const REAL *l = joint + k * M, *e = exponential + k * M, *g = gauss + k * M;
+            const REAL mean = mu[k], scale = inv_std[k], a = alpha[k], r_k = average[k];
             REAL sum_joint = 0, sum_mean = 0, sum_std = 0;
             for (int64_t m = 0; m < M; ++m) {
                 const REAL z = cap_distance((nodes[m] - mean) * scale, distance_cap);
-                const REAL d_joint = -shift[m] * e[m] * (l[m] - normaliser[m]);
-                const REAL weighted = omega[m] * d_joint;
-                slope[m] -= d_joint * z * scale;
-                sum_joint += weighted;
+                const REAL d_joint = coupling[m] * e[m] * (l[m] + normaliser[m]);
+                const REAL d_square = d_joint + a * g[m] * (entropy[m] - r_k);
+                const REAL weighted = omega[m] * d_square;
+                slope[m] -= d_square * z * scale;
+                sum_joint += omega[m] * d_joint;
                 sum_mean += weighted * z;
                 sum_std += weighted * z * z;
             }
-            g_lw[k] -= sum_joint;
+            g_lw[k] -= sum_joint + weight[k] * r_k;
             g_ls[k] += sum_joint;
             g_mu[k] -= sum_mean * scale;
             g_s[k] -= sum_std * scale;

@@ -335,6 +335,25 @@ def test_union_kernel_equals_the_torch_path(monkeypatch, fresh_native, union_cal
 
 
 @needs_kernel
+@pytest.mark.parametrize("dtype", [th.float64, th.float32])
+def test_union_kernel_equals_the_torch_path_where_the_weights_spread_widely(
+    monkeypatch, fresh_native, union_calls, dtype
+):
+    """The kernel takes one exp per (component, node) where the element's log weights minus log stds span little,
+    and two elsewhere (near one-hot weights, very different widths): both branches in one batch, against torch."""
+    spreads = th.tensor([[0.0, -1.0, 0.5], [0.0, -30.0, -2.0], [0.0, -80.0, -3.0], [0.0, -5.0, -300.0]], dtype=dtype)
+    log_stds = th.tensor([[0.0], [-4.0], [2.0]], dtype=dtype).requires_grad_()
+    means = th.tensor([[-1.0], [0.0], [2.0]], dtype=dtype).expand(4, 3, 1).clone().requires_grad_()
+    logits = spreads.clone().requires_grad_()
+
+    def compute():
+        entropy = gmm_entropy(logits, means, log_stds.exp().expand(4, 3, 1), rule_1d="union")
+        return (entropy.detach(), *th.autograd.grad(entropy.sum(), (logits, means, log_stds)))
+
+    _assert_kernel_equals_torch(monkeypatch, union_calls, compute, (4,), dict(rtol=1e-4, atol=1e-4), dtype)
+
+
+@needs_kernel
 def test_union_kernel_gradcheck_second_derivatives_and_nan(fresh_native, union_calls):
     logits, means, log_stds = _mixture((3,), 3, 1, th.float64, seed=8)
 

@@ -39,7 +39,6 @@ import torch as th
 
 from sb3_gmm import native
 from sb3_gmm.entropy._common import (
-    LOG_2PI,
     MixtureParams,
     gaussian_entropies,
     max_scaled_distance,
@@ -71,12 +70,15 @@ GPU_CHUNK_BYTES: float = 256 * 2**20
 # measured on a machine with more cores).
 KERNEL_MAX_THREADS_LARGE_BATCH = 2
 INTEGRANDS = ("responsibility_entropy", "log_responsibility")
-# qmc's rules in one dimension: each component's integral with its own nodes (the default), every component's nodes
-# pooled (widened_mis_entropy, the default in D >= 2), or one composite rule on the sorted union of every component's
-# nodes (union_rule_entropy). The pooled rule is the more accurate where a narrow component sits inside wide ones, but
-# its kernel runs over the 36 nodes where the per-component one runs over the batch: as the 1-D default it brought
-# PPO's throughput at K = 8 from 0.94 to about 0.72 of MlpPolicy's (benchmarks/throughput.py), under issue 12's 0.85.
-RULES_1D = ("per_component", "widened_mis", "union")
+# qmc's rules in one dimension: one composite rule on the sorted union of every component's nodes (the default,
+# union_rule_entropy), each component's integral with its own nodes, or every component's nodes pooled
+# (widened_mis_entropy, the default in D >= 2). Per component, a wide component's nodes must resolve the sharp switch
+# of the responsibilities at a narrow one with their own coarse spacing (worst gradient cosine 0.84 on the 1-D suite
+# of benchmarks/rule_1d.py); the union serves every integral with the narrow component's nodes (0.9955), at 1.1x the
+# per-component rule's one-call cost at K = 4 to 8 (benchmarks/entropy_cost.py). The pooled rule is as accurate
+# (0.991) but its kernel runs over the 36 nodes where the others run over the batch: as the 1-D default it brought
+# PPO's throughput at K = 8 from 0.94 to about 0.72 of MlpPolicy's (benchmarks/throughput.py).
+RULES_1D = ("union", "per_component", "widened_mis")
 # The union rule's outermost nodes: each component's mean +- this many stds, so the trapezoid covers the support.
 UNION_RULE_END = 6.0
 # qmc's rules in D >= 2: every component's points pooled by multiple importance sampling, with narrow components'
@@ -720,12 +722,12 @@ def _qmc_point_rule(
         "rule_1d": Option(
             RULES_1D[0],
             one_of(*RULES_1D),
-            "one action dimension only (ignored in D >= 2, where rule_nd decides): 'per_component': each "
-            "component's integral on its own nodes (fast); 'widened_mis' pools every component's nodes as rule_nd "
-            "does (accurate where a narrow component sits inside wide ones: worst gradient cosine on the 1-D suite "
-            "0.84 -> 0.991; PPO throughput at K = 8 about 0.72 of MlpPolicy's instead of 0.94); 'union': one rule on "
-            "the sorted union of every component's nodes (0.9955; not exact for coincident components). All "
-            "compiled; docs/qmc_design.md compares them",
+            "one action dimension only (ignored in D >= 2, where rule_nd decides): 'union': one trapezoid rule on "
+            "the sorted union of every component's nodes (worst gradient cosine on the 1-D suite 0.9955; up to "
+            "0.007 nats off for coincident components); 'per_component': each component's integral on its own nodes "
+            "(exact for coincident components, but 0.84 where a narrow component sits inside wide ones); "
+            "'widened_mis' pools every component's nodes as rule_nd does (0.991; PPO throughput at K = 8 about 0.72 "
+            "of MlpPolicy's instead of 0.9). All compiled; docs/qmc_design.md compares them",
         ),
         "rule_nd": Option(
             RULES_ND[0],
@@ -797,14 +799,17 @@ def _torch_union_rule_entropy(params: MixtureParams, unit_nodes: th.Tensor, foll
         weights = 0.5 * (th.nn.functional.pad(gaps, (1, 0)) + th.nn.functional.pad(gaps, (0, 1)))
     limit = max_scaled_distance(means.dtype)
     scaled = ((nodes.unsqueeze(-1) - means.unsqueeze(-2)) / stds.unsqueeze(-2)).clamp(-limit, limit)  # [..., M, K]
-    log_joint = params.log_weights.unsqueeze(-2) - log_stds.unsqueeze(-2) - 0.5 * scaled.square()
-    log_density = th.logsumexp(log_joint, dim=-1, keepdim=True)
-    log_responsibilities = log_joint - log_density
+    exponents = -0.5 * scaled.square()  # [..., M, K]
+    log_joint = params.log_weights.unsqueeze(-2) - log_stds.unsqueeze(-2) + exponents
+    log_responsibilities = log_joint - th.logsumexp(log_joint, dim=-1, keepdim=True)
     entropies = -(log_responsibilities.exp() * log_responsibilities).sum(-1)  # [..., M], within [0, log K]
-    # log_joint omits -log(2 pi) / 2 (it cancels in the responsibilities); the density needs it back.
-    density = (log_density.squeeze(-1) - 0.5 * LOG_2PI).exp()
+    # int p h = sum_i w_i int N_i h, each integral divided by the rule's integral of N_i (which should be 1): exact
+    # where h is constant (coincident components) as the per-component rules are. Undivided, the trapezoid's error
+    # in integrating each N_i (up to 0.5% at 36 nodes) came through times h (0.013 nats at 16 coincident components).
+    unnormalised = weights.unsqueeze(-1) * exponents.exp()  # [..., M, K], N_i up to its constant factor
+    averages = (unnormalised * entropies.unsqueeze(-1)).sum(-2) / unnormalised.sum(-2)  # [..., K]
     upper = weighted_sum(params.log_weights, gaussian_entropies(params.log_stds) - params.log_weights)
-    return upper - (weights * density * entropies).sum(-1)
+    return upper - (params.log_weights.exp() * averages).sum(-1)
 
 
 def mis_widening(log_stds: th.Tensor) -> th.Tensor:
