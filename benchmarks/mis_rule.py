@@ -45,8 +45,8 @@ RULES: Dict[str, Dict[str, object]] = {
     "widened_mis (64 points, the default)": {"rule_nd": "widened_mis"},
 }
 RULES_1D: Dict[str, Dict[str, object]] = {
-    "per_component (36 nodes, the 1-D default)": {"rule_1d": "per_component"},
-    "union (36 nodes per component)": {"rule_1d": "union"},
+    "per_component (36 nodes, rule_1d='per_component')": {"rule_1d": "per_component"},
+    "union (36 nodes per component, the 1-D default)": {"rule_1d": "union"},
     "widened_mis (36 nodes, rule_1d='widened_mis')": {"rule_1d": "widened_mis"},
 }
 FAMILIES: Tuple[Tuple[str, Sequence[int], Sequence[int]], ...] = (

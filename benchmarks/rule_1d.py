@@ -1,4 +1,5 @@
-"""One-dimensional point rules for the qmc estimator: Gauss-Hermite (the default) against evenly spaced rules.
+"""One-dimensional point rules for the qmc estimator: per-component Gauss-Hermite, uniform, Gauss-Legendre and sinh
+rules, and the rule on the union of every component's nodes (qmc's 1-D default).
 
     OMP_NUM_THREADS=1 python -m benchmarks.rule_1d            # prints the tables (under a minute on one core)
     OMP_NUM_THREADS=1 python -m benchmarks.rule_1d --write    # and writes them into docs/qmc_design.md
@@ -16,9 +17,8 @@ the exact 1-D truth (:func:`benchmarks.cases.quadrature_entropy_1d`, float64). R
   (nodes dense at the centre, spacing ``~a dt`` there), outermost node 5.5.
 
 It then splits the ``narrow_heavy`` error by stratum (which component's points carry it), sweeps the node count a
-rule needs before those cases' gradients become accurate, and scores a candidate that is not in the library yet:
-one composite rule on the sorted union of every component's nodes (``qmc``'s option ``rule_1d="union"``,
-:func:`sb3_gmm.entropy.quadrature.union_rule_entropy`).
+rule needs before those cases' gradients become accurate, and scores one composite rule on the sorted union of every
+component's nodes (``qmc``'s 1-D default, ``rule_1d="union"``, :func:`sb3_gmm.entropy.quadrature.union_rule_entropy`).
 """
 
 import argparse
@@ -262,8 +262,9 @@ def run(quick: bool) -> str:
         stratum_table(cases, truths),
         "How fine a fixed rule must be on `narrow_heavy` alone:",
         sweep_table(cases, truths),
-        'One trapezoid rule on the sorted union of every component\'s sinh nodes (`qmc` with `rule_1d="union"`: '
-        "`quadrature.union_rule_entropy`, same control variate, torch path). `nodes followed` is the option as "
+        "One trapezoid rule on the sorted union of every component's sinh nodes, each component's integral divided "
+        "by the rule's integral of that component (`qmc`'s 1-D default, `rule_1d=\"union\"`: "
+        "`quadrature.union_rule_entropy`, same control variate, torch path). `nodes followed` is the rule as "
         "shipped (the exact derivative of the returned value); `nodes fixed` holds the nodes constant in the "
         "gradient, like the truth's (then not the derivative of the returned value; for comparison only).",
         union_table(cases, truths),

@@ -930,6 +930,22 @@ static void widen_rows(int64_t rows, int64_t K, int64_t D, const REAL *ls, int64
         }
 }
 
+/* The pooled rule's gradient through one element's proposals into its log stds: with G = dV/dlt + dV/dt t and
+ * lt = ls + log c(ls), dV/dls_k'd += G_k'd (1 - a_k'd) + pi_k'd sum_k G_kd a_kd (a and pi from widen_rows). through
+ * is scratch [K, D]. */
+static void chain_proposals(int64_t K, int64_t D, const REAL *g_t, const REAL *g_lt, const REAL *t, const REAL *a,
+                            const REAL *pi, REAL *through, REAL *g_ls) {
+    for (int64_t f = 0; f < K * D; ++f) through[f] = g_lt[f] + g_t[f] * t[f];
+    for (int64_t d = 0; d < D; ++d) {
+        REAL shared = 0;
+        for (int64_t k = 0; k < K; ++k) shared += through[k * D + d] * a[k * D + d];
+        for (int64_t k = 0; k < K; ++k) {
+            const int64_t f = k * D + d;
+            g_ls[f] += through[f] * (1 - a[f]) + pi[f] * shared;
+        }
+    }
+}
+
 /*
  * log p(actions) [B] and (entropy not NULL) the entropy estimate [B]: with widening > 0 qmc's pooled rule
  * (sb3_gmm_mis_entropy; points [K, D, n] and their weights [n], the proposals widened here as mis_widening does, with
@@ -1001,20 +1017,9 @@ int sb3_gmm_head_evaluate(int64_t n_batch, int64_t n_components, int64_t dim, co
                               grad_entropy + b * grad_stride);
                 continue;
             }
-            /* Through the proposals: G = dV/dlt + dV/dt t, and lt = ls + log c(ls), so
-             * dV/dls_k'd += G_k'd (1 - a_k'd) + pi_k'd sum_k G_kd a_kd. */
-            const REAL *t_b = t + b * std_stride, *a_b = a + b * std_stride, *pi_b = pi + b * std_stride;
             REAL *g_ls = ent + K + 2 * KD;
-            const REAL *g_t = ent + K + 3 * KD, *g_lt = ent + K + 4 * KD;
-            for (int64_t f = 0; f < KD; ++f) through[f] = g_lt[f] + g_t[f] * t_b[f];
-            for (int64_t d = 0; d < D; ++d) {
-                REAL shared = 0;
-                for (int64_t k = 0; k < K; ++k) shared += through[k * D + d] * a_b[k * D + d];
-                for (int64_t k = 0; k < K; ++k) {
-                    const int64_t f = k * D + d;
-                    g_ls[f] += through[f] * (1 - a_b[f]) + pi_b[f] * shared;
-                }
-            }
+            chain_proposals(K, D, ent + K + 3 * KD, ent + K + 4 * KD, t + b * std_stride, a + b * std_stride,
+                            pi + b * std_stride, through, g_ls);
             chain_to_head(ent, ent + K, ent + K + KD, g_ls, 0, lw_b, s_b, slope_b, K, D, grad_entropy + b * grad_stride);
         }
     free(work);
@@ -1091,8 +1096,9 @@ int sb3_gmm_mis_entropy(int64_t n_batch, int64_t n_components, int64_t dim, int6
     const int with_gradient = grad_log_weights != NULL;
     /* Exponents P, Q and their exponentials [K, n] each; per point: max and sum of P, sum of P's exponentials times
      * the exponent, h, max and sum of Q, the pooled weight [7, n]; eps^2 [K, D, n]; per component i: the p and q
-     * forms' linear and quadratic coefficients [4, K, D], constants [2, K]. */
-    const int64_t size = 4 * K * n + 7 * n + KD * n + 4 * KD + 2 * K;
+     * forms' linear and quadratic coefficients [4, K, D], constants [2, K], and their scaled distances and std
+     * ratios [4, K, D]; per element 1 / s and 1 / t [2, K, D] (each division once, not once per pair). */
+    const int64_t size = 4 * K * n + 7 * n + KD * n + 8 * KD + 2 * K + 2 * KD;
     REAL *work = (REAL *)malloc((size_t)size * sizeof(REAL));
     if (work == NULL) return 1;
     REAL *restrict P = work, *restrict Q = P + K * n, *restrict EP = Q + K * n, *restrict EQ = EP + K * n;
@@ -1102,6 +1108,9 @@ int sb3_gmm_mis_entropy(int64_t n_batch, int64_t n_components, int64_t dim, int6
     REAL *restrict p_lin = squares + KD * n, *restrict p_quad = p_lin + KD;
     REAL *restrict q_lin = p_quad + KD, *restrict q_quad = q_lin + KD;
     REAL *restrict p_const = q_quad + KD, *restrict q_const = p_const + K;
+    REAL *restrict p_dist = q_const + K, *restrict p_ratio = p_dist + KD; /* a and b of the p form, per j */
+    REAL *restrict q_dist = p_ratio + KD, *restrict q_ratio = q_dist + KD; /* and of the q form */
+    REAL *restrict inv_s = q_ratio + KD, *restrict inv_t = inv_s + KD;
     for (int64_t f = 0; f < KD * n; ++f) squares[f] = points[f] * points[f];
 
     for (int64_t b = 0; b < n_batch; ++b) {
@@ -1145,6 +1154,10 @@ int sb3_gmm_mis_entropy(int64_t n_batch, int64_t n_components, int64_t dim, int6
                 g_mu[i * D + d] = g_s[i * D + d] = g_t[i * D + d] = g_lt[i * D + d] = 0;
             }
         }
+        for (int64_t f = 0; f < KD; ++f) {
+            inv_s[f] = 1 / s[f];
+            inv_t[f] = 1 / t[f];
+        }
         REAL integral = 0;
         for (int64_t i = 0; i < K; ++i) {
             const REAL *eps = points + i * D * n, *eps2 = squares + i * D * n;
@@ -1153,9 +1166,13 @@ int sb3_gmm_mis_entropy(int64_t n_batch, int64_t n_components, int64_t dim, int6
                 REAL pc = lw[j], qc = 0;
                 for (int64_t d = 0; d < D; ++d) {
                     const int64_t jd = j * D + d;
-                    const REAL inv_s = 1 / s[jd], inv_t = 1 / t[jd], diff = mu[i * D + d] - mu[jd];
-                    const REAL pa = cap_distance(diff * inv_s, distance_cap), pb = t[i * D + d] * inv_s;
-                    const REAL qa = cap_distance(diff * inv_t, distance_cap), qb = t[i * D + d] * inv_t;
+                    const REAL diff = mu[i * D + d] - mu[jd];
+                    const REAL pa = cap_distance(diff * inv_s[jd], distance_cap), pb = t[i * D + d] * inv_s[jd];
+                    const REAL qa = cap_distance(diff * inv_t[jd], distance_cap), qb = t[i * D + d] * inv_t[jd];
+                    p_dist[jd] = pa;
+                    p_ratio[jd] = pb;
+                    q_dist[jd] = qa;
+                    q_ratio[jd] = qb;
                     p_lin[jd] = -pa * pb;
                     p_quad[jd] = (REAL)-0.5 * pb * pb;
                     q_lin[jd] = -qa * qb;
@@ -1247,22 +1264,20 @@ int sb3_gmm_mis_entropy(int64_t n_batch, int64_t n_components, int64_t dim, int6
                         gq_quad += qj[m] * e2[m];
                     }
                     const int64_t id = i * D + d, jd = j * D + d;
-                    const REAL inv_s = 1 / s[jd], inv_t = 1 / t[jd], diff = mu[id] - mu[jd];
-                    const REAL pa = cap_distance(diff * inv_s, distance_cap), pb = t[id] * inv_s;
-                    const REAL qa = cap_distance(diff * inv_t, distance_cap), qb = t[id] * inv_t;
+                    const REAL pa = p_dist[jd], pb = p_ratio[jd], qa = q_dist[jd], qb = q_ratio[jd];
                     /* p form: lin = -a b, quad = -b^2 / 2, constant lw_j - log s_j - a^2 / 2 (summed over d). */
                     const REAL grad_pa = -gp_lin * pb - gp_const * pa, grad_pb = -gp_lin * pa - gp_quad * pb;
-                    g_mu[id] += grad_pa * inv_s;
-                    g_mu[jd] -= grad_pa * inv_s;
-                    g_s[jd] -= (grad_pa * pa + grad_pb * pb) * inv_s;
-                    g_t[id] += grad_pb * inv_s;
+                    g_mu[id] += grad_pa * inv_s[jd];
+                    g_mu[jd] -= grad_pa * inv_s[jd];
+                    g_s[jd] -= (grad_pa * pa + grad_pb * pb) * inv_s[jd];
+                    g_t[id] += grad_pb * inv_s[jd];
                     g_ls[jd] -= gp_const;
                     /* q form: the same with t_j, no log weight. */
                     const REAL grad_qa = -gq_lin * qb - gq_const * qa, grad_qb = -gq_lin * qa - gq_quad * qb;
-                    g_mu[id] += grad_qa * inv_t;
-                    g_mu[jd] -= grad_qa * inv_t;
-                    g_t[jd] -= (grad_qa * qa + grad_qb * qb) * inv_t;
-                    g_t[id] += grad_qb * inv_t;
+                    g_mu[id] += grad_qa * inv_t[jd];
+                    g_mu[jd] -= grad_qa * inv_t[jd];
+                    g_t[jd] -= (grad_qa * qa + grad_qb * qb) * inv_t[jd];
+                    g_t[id] += grad_qb * inv_t[jd];
                     g_lt[jd] -= gq_const;
                 }
             }
@@ -1271,4 +1286,65 @@ int sb3_gmm_mis_entropy(int64_t n_batch, int64_t n_components, int64_t dim, int6
     }
     free(work);
     return 0;
+}
+
+/* qmc's pooled rule with the proposals widened here (quadrature.widened_mis_entropy as gmm_entropy calls it): inputs
+ * log_weights [B, K], means, stds, log_stds [B, K, D] at batch_strides[4] (0: shared by the batch), points and
+ * point_weights as sb3_gmm_mis_entropy's, mis_widening's constants. Outputs: value [B]; with grad_log_weights not
+ * NULL the gradient w.r.t. the four inputs ([K], then [K, D] each, the log stds' including the path through the
+ * proposals), each at grad_batch_stride * b. The batch runs in blocks, so the workspace stays small at any B.
+ * Returns 0, or 1 when the workspace could not be allocated. */
+int sb3_gmm_widened_mis_entropy(int64_t n_batch, int64_t n_components, int64_t dim, int64_t n_points,
+                                const REAL *log_weights, const REAL *means, const REAL *stds, const REAL *log_stds,
+                                const int64_t *batch_strides, const REAL *points, const REAL *point_weights,
+                                REAL widening, REAL ratio, REAL sharpness, REAL soft_max, REAL distance_cap,
+                                REAL *value, REAL *grad_log_weights, REAL *grad_means, REAL *grad_stds,
+                                REAL *grad_log_stds, int64_t grad_batch_stride) {
+    const int64_t K = n_components, D = dim, KD = K * D, block = BLOCK, width = K + 5 * KD;
+    const int with_gradient = grad_log_weights != NULL;
+    if (n_batch <= 0) return 0; /* nothing to read: a shared parameter's pointer may be an empty tensor's */
+    const int64_t rows = batch_strides[3] == 0 ? 1 : block; /* shared log stds: one set of proposals */
+    /* Per block: proposals' log stds, stds, a, pi [rows, K, D] x 4, the pooled kernel's gradient [block, K + 5 K D];
+     * scratch [K, D]. */
+    REAL *work = (REAL *)malloc((size_t)(4 * rows * KD + (with_gradient ? block * width : 0) + KD) * sizeof(REAL));
+    if (work == NULL) return 1;
+    REAL *lt = work, *t = lt + rows * KD, *a = t + rows * KD, *pi = a + rows * KD, *through = pi + rows * KD;
+    REAL *g = through + KD; /* [block, K + 5 K D] with the gradient */
+    const REAL log_ratio = log(ratio);
+    const int64_t t_stride = rows == 1 ? 0 : KD;
+    if (rows == 1) widen_rows(1, K, D, log_stds, KD, widening, log_ratio, sharpness, soft_max, lt, t, a, pi);
+    int status = 0;
+    for (int64_t start = 0; start < n_batch && status == 0; start += block) {
+        const int64_t nb = n_batch - start < block ? n_batch - start : block;
+        const REAL *ls = log_stds + start * batch_strides[3];
+        if (rows != 1)
+            for (int64_t e = 0; e < nb; ++e)
+                widen_rows(1, K, D, ls + e * batch_strides[3], KD, widening, log_ratio, sharpness, soft_max,
+                           lt + e * KD, t + e * KD, a + e * KD, pi + e * KD);
+        const int64_t strides[6] = {batch_strides[0], batch_strides[1], batch_strides[2], batch_strides[3],
+                                    t_stride, t_stride};
+        status = sb3_gmm_mis_entropy(nb, K, D, n_points, log_weights + start * batch_strides[0],
+                                     means + start * batch_strides[1], stds + start * batch_strides[2], ls, t, lt,
+                                     strides, points, point_weights, distance_cap, value + start,
+                                     with_gradient ? g : NULL, with_gradient ? g + K : NULL,
+                                     with_gradient ? g + K + KD : NULL, with_gradient ? g + K + 2 * KD : NULL,
+                                     with_gradient ? g + K + 3 * KD : NULL, with_gradient ? g + K + 4 * KD : NULL,
+                                     width);
+        if (!with_gradient || status != 0) continue;
+        for (int64_t e = 0; e < nb; ++e) {
+            const REAL *row = g + e * width;
+            const int64_t out = (start + e) * grad_batch_stride;
+            for (int64_t k = 0; k < K; ++k) grad_log_weights[out + k] = row[k];
+            for (int64_t f = 0; f < KD; ++f) {
+                grad_means[out + f] = row[K + f];
+                grad_stds[out + f] = row[K + KD + f];
+                grad_log_stds[out + f] = row[K + 2 * KD + f];
+            }
+            const int64_t p = rows == 1 ? 0 : e * KD;
+            chain_proposals(K, D, row + K + 3 * KD, row + K + 4 * KD, t + p, a + p, pi + p, through,
+                            grad_log_stds + out);
+        }
+    }
+    free(work);
+    return status;
 }

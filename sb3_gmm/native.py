@@ -62,7 +62,7 @@ class Kernels(NamedTuple):
     quadrature_entropy: Any
     mixture_log_prob: Any
     union_entropy_1d: Any
-    mis_entropy: Any
+    widened_mis_entropy: Any
     head_evaluate: Any
     head_sample: Any
 
@@ -274,36 +274,37 @@ def split_union_gradient(buffer: th.Tensor, n_components: int) -> Tuple[th.Tenso
     return (log_weights, *(grad.unsqueeze(-1) for grad in component_grads))
 
 
-def mis_entropy(
+def widened_mis_entropy(
     kernels: Kernels,
     log_weights: th.Tensor,
     means: th.Tensor,
     stds: th.Tensor,
     log_stds: th.Tensor,
-    proposal_stds: th.Tensor,
-    proposal_log_stds: th.Tensor,
     points: th.Tensor,
     point_weights: th.Tensor,
+    widening: Sequence[float],
     distance_cap: float,
     with_gradient: bool,
 ) -> Tuple[th.Tensor, Optional[th.Tensor]]:
-    """qmc's pooled, widened rule (:func:`sb3_gmm.entropy.quadrature.widened_mis_entropy`) ``[N]`` and,
-    with ``with_gradient``, its gradient as one buffer ``[N, K + 5 K D]`` that :func:`split_mis_gradient` cuts.
+    """qmc's pooled, widened rule (:func:`sb3_gmm.entropy.quadrature.widened_mis_entropy`) ``[N]``, the proposals
+    widened in the kernel, and with ``with_gradient`` its gradient as one buffer ``[N, K + 3 K D]`` that
+    :func:`split_widened_mis_gradient` cuts.
 
-    :param log_weights: ``[N, K]``; ``means``, ``stds``, ``log_stds`` and the proposals' ``proposal_stds``,
-        ``proposal_log_stds``: ``[N, K, D]`` (batch stride 0 allowed)
+    :param log_weights: ``[N, K]``; ``means``, ``stds``, ``log_stds``: ``[N, K, D]`` (batch stride 0 allowed)
     :param points: ``[K, n, D]`` standard-normal points per component, or ``[n, D]`` shared
     :param point_weights: ``[n]``, summing to one
+    :param widening: :func:`sb3_gmm.entropy.quadrature.mis_constants` of the dimension
     """
     n_batch, n_components, dim = means.shape
-    inputs, strides = _strided(log_weights, means, stds, log_stds, proposal_stds, proposal_log_stds)
+    inputs, strides = _strided(log_weights, means, stds, log_stds)
     point_weights = point_weights.contiguous()
     coordinate_major = _pooled_points(points, n_components)
-    parts = _mis_parts(n_components, dim)
+    parts = _widened_mis_parts(n_components, dim)
     value, buffer, pointers = _outputs(means, n_batch, parts, with_gradient)
-    status = kernels.mis_entropy(
+    status = kernels.widened_mis_entropy(
         n_batch, n_components, dim, points.shape[-2], *(tensor.data_ptr() for tensor in inputs), strides,
-        coordinate_major.data_ptr(), point_weights.data_ptr(), distance_cap, value.data_ptr(), *pointers, sum(parts),
+        coordinate_major.data_ptr(), point_weights.data_ptr(), *widening, distance_cap, value.data_ptr(), *pointers,
+        sum(parts),
     )  # fmt: skip
     _check(status, "pooled-rule", n_components, dim)
     return value, buffer
@@ -315,10 +316,10 @@ def _pooled_points(points: th.Tensor, n_components: int) -> th.Tensor:
     return points.expand(n_components, *points.shape[-2:]).transpose(-1, -2).contiguous()
 
 
-def split_mis_gradient(buffer: th.Tensor, n_components: int, dim: int) -> Tuple[th.Tensor, ...]:
-    """Views of a :func:`mis_entropy` gradient buffer ``[..., K + 5 K D]``: log weights ``[..., K]``, then means,
-    stds, log stds, proposal stds and proposal log stds ``[..., K, D]``."""
-    pieces = buffer.split(_mis_parts(n_components, dim), dim=-1)
+def split_widened_mis_gradient(buffer: th.Tensor, n_components: int, dim: int) -> Tuple[th.Tensor, ...]:
+    """Views of a :func:`widened_mis_entropy` gradient buffer ``[..., K + 3 K D]``: log weights ``[..., K]``, then
+    means, stds and log stds ``[..., K, D]``."""
+    pieces = buffer.split(_widened_mis_parts(n_components, dim), dim=-1)
     return (pieces[0], *(piece.unflatten(-1, (n_components, dim)) for piece in pieces[1:]))
 
 
@@ -441,8 +442,8 @@ def _entropy_parts(n_components: int, dim: int) -> Tuple[int, ...]:
     return (n_components, n_components * dim, n_components * dim, n_components)  # log w, means, stds, log stds
 
 
-def _mis_parts(n_components: int, dim: int) -> Tuple[int, ...]:
-    return (n_components, *(n_components * dim,) * 5)
+def _widened_mis_parts(n_components: int, dim: int) -> Tuple[int, ...]:
+    return (n_components, *(n_components * dim,) * 3)  # log w, means, stds, log stds
 
 
 def _log_prob_parts(n_components: int, dim: int) -> Tuple[int, ...]:
@@ -661,12 +662,12 @@ def _load(dtype: th.dtype) -> Kernels:
             ctype,  # distance cap
             pointer, pointer, pointer, pointer, size,  # log_prob, entropy (NULL: none), their gradients, the stride
         ]),
-        mis_entropy=declare("sb3_gmm_mis_entropy", [
+        widened_mis_entropy=declare("sb3_gmm_widened_mis_entropy", [
             size, size, size, size,  # batch, components, dim, points
-            pointer, pointer, pointer, pointer,  # log_weights, means, stds, log_stds
-            pointer, pointer, pointer,  # proposal stds and log stds, the six inputs' batch strides
-            pointer, pointer, ctype,  # points [K, D, n], point weights [n], distance cap
-            pointer, pointer, pointer, pointer, pointer, pointer, pointer, size,  # value, gradients, their stride
+            pointer, pointer, pointer, pointer, pointer,  # log_weights, means, stds, log_stds, their batch strides
+            pointer, pointer,  # points [K, D, n], point weights [n]
+            ctype, ctype, ctype, ctype, ctype,  # widening, ratio, sharpness, soft max, distance cap
+            pointer, pointer, pointer, pointer, pointer, size,  # value, gradients (NULL: none), their batch stride
         ]),
         head_sample=declare("sb3_gmm_head_sample", [
             size, size, size, pointer, size, pointer,  # batch, components, dim, head, its stride, shared log std

@@ -849,15 +849,20 @@ def widened_mis_entropy(
     """
     if params.n_components == 1:
         return weighted_sum(params.log_weights, gaussian_entropies(params.log_stds) - params.log_weights)
-    proposal_log_stds = params.log_stds + mis_widening(params.log_stds).log()  # [..., K, D]
-    inputs = (*params, proposal_log_stds.exp(), proposal_log_stds)
     if not th.compiler.is_compiling():
         kernels = _kernel_for(params.means, points)  # None off the CPU
         if kernels is not None and all(tensor.dtype == params.means.dtype for tensor in params):
-            return _CompiledWidenedMis.apply(*inputs, points, point_weights, kernels, native.records_graph(inputs))
+            # The kernel widens the proposals itself: ~10 torch ops and their backward less per call.
+            return _CompiledWidenedMis.apply(*params, points, point_weights, kernels, native.records_graph(params))
     if features is None:
         features = point_features(points)
-    return _torch_widened_mis(*inputs, features, point_weights)
+    return _widened_mis_reference(params, features, point_weights)
+
+
+def _widened_mis_reference(params: MixtureParams, features: th.Tensor, point_weights: th.Tensor) -> th.Tensor:
+    """:func:`widened_mis_entropy` in torch ops: the proposals by :func:`mis_widening`, then the pooled estimate."""
+    proposal_log_stds = params.log_stds + mis_widening(params.log_stds).log()  # [..., K, D]
+    return _torch_widened_mis(*params, proposal_log_stds.exp(), proposal_log_stds, features, point_weights)
 
 
 def _torch_widened_mis(
@@ -931,31 +936,30 @@ class _CompiledWidenedMis(th.autograd.Function):
     gradient one) and scaled in the backward; a backward that records a graph differentiates the torch formula."""
 
     @staticmethod
-    def forward(ctx, *args):  # type: ignore[override]
-        # (log_weights, means, stds, log_stds, proposal_stds, proposal_log_stds, points, point_weights, kernels,
-        # with_gradient)
-        *inputs, points, point_weights, kernels, with_gradient = args
-        batch_shape = _batch_shape(MixtureParams(*inputs[:4]))
-        flat = [_flatten_batch(tensor, batch_shape, 1 if index == 0 else 2) for index, tensor in enumerate(inputs)]
-        means = inputs[1]
-        cap = max_scaled_distance(means.dtype)
-        value, buffer = native.mis_entropy(kernels, *flat, points, point_weights, cap, with_gradient)
+    def forward(ctx, log_weights, means, stds, log_stds, points, point_weights, kernels, with_gradient):  # type: ignore[override]
+        params = MixtureParams(log_weights, means, stds, log_stds)
+        batch_shape = _batch_shape(params)
+        flat = [_flatten_batch(tensor, batch_shape, 1 if index == 0 else 2) for index, tensor in enumerate(params)]
+        value, buffer = native.widened_mis_entropy(
+            kernels, *flat, points, point_weights, mis_constants(means.shape[-1]), max_scaled_distance(means.dtype),
+            with_gradient,
+        )  # fmt: skip
         ctx.shape = means.shape[-2:]
         saved = () if buffer is None else (buffer.view(*batch_shape, buffer.shape[-1]),)
-        ctx.save_for_backward(*saved, points, point_weights, *inputs)
+        ctx.save_for_backward(*saved, points, point_weights, *params)
         return value.view(batch_shape)
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
-        points, point_weights, *inputs = ctx.saved_tensors[-8:]
+        points, point_weights, *inputs = ctx.saved_tensors[-6:]
         if th.is_grad_enabled():
 
             def reference(*tensors: th.Tensor) -> th.Tensor:
-                return _torch_widened_mis(*tensors, point_features(points), point_weights)
+                return _widened_mis_reference(MixtureParams(*tensors), point_features(points), point_weights)
 
-            return native.differentiable_gradients(reference, inputs, ctx.needs_input_grad, grad_output, 10)
+            return native.differentiable_gradients(reference, inputs, ctx.needs_input_grad, grad_output, 8)
         scaled = grad_output.unsqueeze(-1) * ctx.saved_tensors[0]
-        return (*native.split_mis_gradient(scaled, *ctx.shape), None, None, None, None)
+        return (*native.split_widened_mis_gradient(scaled, *ctx.shape), None, None, None, None)
 
 
 def _sample_exponents(
