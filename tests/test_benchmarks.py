@@ -216,5 +216,5 @@ def test_entropy_cost_measures_and_renders_its_tables(monkeypatch):
     payload.update(record=_report.run_record("benchmarks.entropy_cost", []), minutes=0.0)
     text = entropy_cost.render(payload)
     assert all(setting in text for setting in entropy_cost.STEP_SETTINGS)
-    assert "one call, rule_1d='union' us" in text and "| 2 | 1 | 36 |" in text
+    assert f"one call, {entropy_cost.OTHER_RULE_1D_LABEL} us" in text and "| 2 | 1 | 36 |" in text
     assert all(len(samples) == 1 and samples[0] > 0 for samples in payload["samples"].values())

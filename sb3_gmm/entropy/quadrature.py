@@ -74,7 +74,7 @@ INTEGRANDS = ("responsibility_entropy", "log_responsibility")
 # union_rule_entropy), each component's integral with its own nodes, or every component's nodes pooled
 # (widened_mis_entropy, the default in D >= 2). Per component, a wide component's nodes must resolve the sharp switch
 # of the responsibilities at a narrow one with their own coarse spacing (worst gradient cosine 0.84 on the 1-D suite
-# of benchmarks/rule_1d.py); the union serves every integral with the narrow component's nodes (0.9955), at 1.1x the
+# of benchmarks/rule_1d.py); the union serves every integral with the narrow component's nodes (0.997), at 1.1x the
 # per-component rule's one-call cost at K = 4 to 8 (benchmarks/entropy_cost.py). The pooled rule is as accurate
 # (0.991) but its kernel runs over the 36 nodes where the others run over the batch: as the 1-D default it brought
 # PPO's throughput at K = 8 from 0.94 to about 0.72 of MlpPolicy's (benchmarks/throughput.py).
@@ -712,8 +712,8 @@ def _qmc_point_rule(
     "qmc",
     bound=None,
     cost="O(n K^2 D)",
-    summary="fixed scrambled-Sobol points per component (a sinh-spaced rule in 1-D), pooled over the components with "
-    "narrow ones widened, with the Gaussian control variate",
+    summary="fixed scrambled-Sobol points per component, pooled over the components with narrow ones widened (in "
+    "1-D one rule on the union of the components' sinh-spaced nodes), with the Gaussian control variate",
     options={
         "n_points": Option(64, positive_int(maximum=4096, minimum=2), "points per component (a power of 2 is best)"),
         "seed": Option(0, positive_int(minimum=0), "scrambling seed of the fixed point sets"),
@@ -723,9 +723,9 @@ def _qmc_point_rule(
             RULES_1D[0],
             one_of(*RULES_1D),
             "one action dimension only (ignored in D >= 2, where rule_nd decides): 'union': one trapezoid rule on "
-            "the sorted union of every component's nodes (worst gradient cosine on the 1-D suite 0.9955; up to "
-            "0.007 nats off for coincident components); 'per_component': each component's integral on its own nodes "
-            "(exact for coincident components, but 0.84 where a narrow component sits inside wide ones); "
+            "the sorted union of every component's nodes, each component's integral divided by the rule's integral of "
+            "that component (worst gradient cosine on the 1-D suite 0.997); 'per_component': each component's "
+            "integral on its own nodes (0.84 where a narrow component sits inside wide ones); "
             "'widened_mis' pools every component's nodes as rule_nd does (0.991; PPO throughput at K = 8 about 0.72 "
             "of MlpPolicy's instead of 0.9). All compiled; docs/qmc_design.md compares them",
         ),
@@ -763,14 +763,17 @@ def qmc(
 
 
 def union_rule_entropy(params: MixtureParams, unit_nodes: th.Tensor, follow_nodes: bool = True) -> th.Tensor:
-    """One-dimensional entropy ``H(w) + sum_i w_i H_i - int p h dx`` with the integral taken by one trapezoid rule on
-    the sorted union of every component's nodes ``mu_j + s_j eps`` (and each component's +- UNION_RULE_END stds).
+    """One-dimensional entropy ``H(w) + sum_i w_i H_i - sum_i w_i int N_i h dx`` (qmc's 1-D default) with each
+    integral taken by one trapezoid rule on the sorted union of every component's nodes ``mu_j + s_j eps`` (and each
+    component's +- UNION_RULE_END stds), divided by the same rule's integral of ``N_i``.
 
     The per-component rules integrate the entropy of the responsibilities ``h`` against each component on its own
     nodes, so a wide component's rule must resolve the sharp switch of the responsibilities at a narrow component
     with its own coarse spacing, which 36 nodes cannot (worst gradient cosine 0.84 on the 1-D suite). Here the
-    narrow component's nodes serve every integral near it (0.9965). The nodes move with the parameters and the
-    gradient follows them: it is the exact derivative of the returned value, with kinks where two nodes cross.
+    narrow component's nodes serve every integral near it (0.997). The division makes the rule exact where ``h`` is
+    constant (coincident components); undivided, the trapezoid's error in integrating ``N_i`` came through times
+    ``h`` (0.013 nats at 16 coincident components). The nodes move with the parameters and the gradient follows
+    them: it is the exact derivative of the returned value, with kinks where two nodes cross.
 
     :param params: a one-dimensional mixture, ``means [..., K, 1]``
     :param unit_nodes: ``[n]`` standard-normal nodes (qmc's 1-D rule)
