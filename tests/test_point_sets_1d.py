@@ -186,3 +186,39 @@ def test_union_rule_is_ignored_above_one_dimension_and_stays_finite_at_extreme_w
     value = gmm_entropy(th.zeros(1, 3), means, stds, rule_1d="union")
     value.sum().backward()
     assert th.isfinite(value).all() and th.isfinite(means.grad).all() and th.isfinite(stds.grad).all()
+
+
+def test_union_rule_torch_path_in_chunks_equals_one_pass(monkeypatch):
+    """Off the CPU kernel the union rule's torch path cuts a batch over the memory budget into chunks, recomputed in
+    the backward: values, first and second derivatives as in one pass."""
+    from sb3_gmm import native
+    from sb3_gmm.entropy import quadrature
+
+    generator = th.Generator().manual_seed(11)
+    logits = th.randn(10, 3, generator=generator, dtype=th.float64).requires_grad_()
+    means = th.randn(10, 3, 1, generator=generator, dtype=th.float64).requires_grad_()
+    log_stds = (0.5 * th.randn(3, 1, generator=generator, dtype=th.float64)).requires_grad_()
+
+    def value_and_grads():
+        value = gmm_entropy(logits, means, log_stds.exp().expand(10, 3, 1))
+        weights = th.linspace(0.5, 2.0, 10, dtype=th.float64)  # rows mixed up by the chunks would show
+        grads = th.autograd.grad((weights * value).sum(), (logits, means, log_stds), create_graph=True)
+        (second,) = th.autograd.grad(grads[1].square().sum(), log_stds)
+        return (value.detach(), *(grad.detach() for grad in grads), second)
+
+    n_nodes = quadrature._qmc_rule(3, 1, 64, 0, th.float64, th.device("cpu"))[0].shape[0]
+    chunks = []
+    original = quadrature._union_rule_pass
+    monkeypatch.setattr(
+        quadrature, "_union_rule_pass", lambda params, *args: chunks.append(1) or original(params, *args)
+    )
+    with native.disabled():
+        monkeypatch.setattr(quadrature, "CHUNK_BYTES", math.inf)
+        one_pass = value_and_grads()
+        assert len(chunks) == 1
+        monkeypatch.setattr(quadrature, "CHUNK_BYTES", 3 * 3 * (n_nodes + 2) * 8 * 4)  # four elements per chunk
+        chunks.clear()
+        chunked = value_and_grads()
+    assert len(chunks) >= 3  # ten elements in chunks of four, each recomputed in the backward
+    for got, expected in zip(chunked, one_pass):
+        th.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)

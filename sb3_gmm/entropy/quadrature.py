@@ -33,7 +33,7 @@ any batch size.
 
 import math
 from functools import lru_cache
-from typing import Any, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
 
 import torch as th
 
@@ -791,7 +791,23 @@ def union_rule_entropy(params: MixtureParams, unit_nodes: th.Tensor, follow_node
 
 
 def _torch_union_rule_entropy(params: MixtureParams, unit_nodes: th.Tensor, follow_nodes: bool = True) -> th.Tensor:
-    """:func:`union_rule_entropy` in torch ops, differentiated by autograd (the compiled kernel's reference)."""
+    """:func:`union_rule_entropy` in torch ops, differentiated by autograd (the compiled kernel's reference; the path
+    off the CPU). A batch whose ``[..., K (n + 2), K]`` node tensors exceed the memory budget is evaluated in chunks,
+    each recomputed in the backward, as :func:`_torch_widened_mis` does."""
+    batch_shape = _batch_shape(params)
+    rows = _rows_in_budget(params.n_components, unit_nodes.numel() + 2, params.means)
+    if batch_shape.numel() <= rows:
+        return _union_rule_pass(params, unit_nodes, follow_nodes)
+    flat = [_flatten_batch(tensor, batch_shape, dims) for tensor, dims in zip(params, (1, 2, 2, 2))]
+
+    def chunk(*tensors: th.Tensor) -> th.Tensor:
+        return _union_rule_pass(MixtureParams(*tensors), unit_nodes, follow_nodes)
+
+    return _checkpointed_chunks(chunk, flat, rows).view(batch_shape)
+
+
+def _union_rule_pass(params: MixtureParams, unit_nodes: th.Tensor, follow_nodes: bool) -> th.Tensor:
+    """One pass of :func:`_torch_union_rule_entropy` over a whole (sub-)batch."""
     means, stds, log_stds = params.means[..., 0], params.stds[..., 0], params.log_stds[..., 0]  # [..., K]
     stds = stds.expand_as(means)
     with th.set_grad_enabled(th.is_grad_enabled() and follow_nodes):
@@ -895,14 +911,21 @@ def _torch_widened_mis(
     def chunk(*tensors: th.Tensor) -> th.Tensor:
         return _widened_mis_pass(MixtureParams(*tensors[:4]), tensors[4], tensors[5], features, point_weights)
 
+    return _checkpointed_chunks(chunk, flat, rows).view(batch_shape)
+
+
+def _checkpointed_chunks(function: Callable[..., th.Tensor], flat: Sequence[th.Tensor], rows: int) -> th.Tensor:
+    """``function`` over ``rows`` batch elements of the flattened inputs at a time, concatenated. Where a graph is
+    recorded each chunk is checkpointed (its intermediates recomputed in the backward), so the memory held between
+    forward and backward is the inputs', not every chunk's intermediates."""
     parts = []
-    for start in range(0, batch_shape.numel(), rows):
+    for start in range(0, flat[0].shape[0], rows):
         tensors = [tensor[start : start + rows] for tensor in flat]
         if th.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors):
-            parts.append(th.utils.checkpoint.checkpoint(chunk, *tensors, use_reentrant=False))
+            parts.append(th.utils.checkpoint.checkpoint(function, *tensors, use_reentrant=False))
         else:
-            parts.append(chunk(*tensors))
-    return th.cat(parts).view(batch_shape)
+            parts.append(function(*tensors))
+    return th.cat(parts)
 
 
 def _rows_in_budget(n_components: int, n_points: int, means: th.Tensor) -> int:
