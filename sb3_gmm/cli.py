@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from sb3_gmm.entropy import DEFAULT_METHOD
-from sb3_gmm.hyperparams import algorithm_kwargs, hyperparams, tuned_env_ids
+from sb3_gmm.hyperparams import ENTROPY_BONUS_ALGORITHMS, algorithm_kwargs, hyperparams, tuned_env_ids
 
 # CLI name -> (module, class) of the algorithm and the sb3_gmm policy it trains.
 ALGOS: Dict[str, Tuple[str, str, str]] = {
@@ -146,6 +146,13 @@ def resolve_settings(args: argparse.Namespace) -> Dict[str, Any]:
     algo_kwargs["policy_kwargs"] = policy_kwargs
     if args.ent_coef is not None:
         algo_kwargs["ent_coef"] = args.ent_coef
+        if args.algo in ENTROPY_BONUS_ALGORITHMS:
+            # A tuned entry without a bonus skips the estimate (entropy_in_loss=False); kept with a bonus given here,
+            # the loss would silently take SB3's -log_prob in place of the mixture's entropy estimate.
+            if args.ent_coef == 0:
+                policy_kwargs["entropy_in_loss"] = False
+            else:
+                policy_kwargs.pop("entropy_in_loss", None)
     return dict(
         tuned=tuned,
         # rl-zoo3 runs an entry without n_envs on one environment

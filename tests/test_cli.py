@@ -95,6 +95,21 @@ def test_tuned_settings_come_from_the_hyperparams_module_and_options_override_th
     assert (untuned["n_envs"], untuned["total_timesteps"]) == (4, 100_000)
 
 
+def test_an_entropy_bonus_given_on_the_command_line_goes_through_the_estimate():
+    """Pendulum's tuned PPO entry has no bonus, so it skips the estimate (entropy_in_loss=False); --ent-coef 0.01 must
+    bring the estimate back into the loss (else PPO would use -log_prob), and --ent-coef 0 skips it anywhere."""
+    assert hyperparams("ppo", "Pendulum-v1")["policy_kwargs"]["entropy_in_loss"] is False
+    with_bonus = resolve_settings(_parse_train("--env", "Pendulum-v1", "--ent-coef", "0.01"))
+    assert with_bonus["algo_kwargs"]["ent_coef"] == 0.01
+    assert "entropy_in_loss" not in with_bonus["algo_kwargs"]["policy_kwargs"]
+    bandit = "sb3_gmm/TwoPeakBandit-v0"
+    assert hyperparams("ppo", bandit)["ent_coef"] > 0
+    without = resolve_settings(_parse_train("--env", bandit, "--ent-coef", "0"))
+    assert without["algo_kwargs"]["policy_kwargs"]["entropy_in_loss"] is False
+    sac = resolve_settings(_parse_train("--env", "Pendulum-v1", "--algo", "sac", "--ent-coef", "0.1"))
+    assert "entropy_in_loss" not in sac["algo_kwargs"]["policy_kwargs"]  # SAC has no entropy bonus term of this kind
+
+
 def test_normalized_tuned_run_saves_and_uses_its_normalizer(tmp_path):
     """A2C on MountainCarContinuous is tuned with `normalize: true`: the run saves the statistics and plot uses them."""
     out = tmp_path / "mc"
