@@ -74,8 +74,8 @@ INTEGRANDS = ("responsibility_entropy", "log_responsibility")
 # union_rule_entropy), each component's integral with its own nodes, or every component's nodes pooled
 # (widened_mis_entropy, the default in D >= 2). Per component, a wide component's nodes must resolve the sharp switch
 # of the responsibilities at a narrow one with their own coarse spacing (worst gradient cosine 0.84 on the 1-D suite
-# of benchmarks/rule_1d.py); the union serves every integral with the narrow component's nodes (0.997), at 1.1x the
-# per-component rule's one-call cost at K = 4 to 8 (benchmarks/entropy_cost.py). The pooled rule is as accurate
+# of benchmarks/rule_1d.py); the union serves every integral with the narrow component's nodes (0.997), at 1.1-1.3x
+# the per-component rule's one-call cost at K = 2 to 8 (benchmarks/entropy_cost.py). The pooled rule is as accurate
 # (0.991) but its kernel runs over the 36 nodes where the others run over the batch: as the 1-D default it brought
 # PPO's throughput at K = 8 from 0.94 to about 0.72 of MlpPolicy's (benchmarks/throughput.py).
 RULES_1D = ("union", "per_component", "widened_mis")
