@@ -5,7 +5,8 @@ mostly bookkeeping, not arithmetic (docs/performance.md). ``_kernels.c`` holds f
 its first derivative in one call:
 
 - the quadrature entropy estimate of :mod:`sb3_gmm.entropy.quadrature` (qmc, sigma points), whose fused torch path
-  is ~90 ops (about 2x faster at K <= 4, more at K = 8), and qmc's 1-D union rule;
+  is ~90 ops (about 2x faster at K <= 4, more at K = 8), qmc's 1-D union rule (its 1-D default) and its pooled
+  rule (the default in D >= 2, the proposals widened in the kernel);
 - the mixture log density of :func:`sb3_gmm.mixture.mixture_log_prob` (~20 ops forward and backward in torch);
 - a policy head's log density and entropy together, from the head's raw outputs, and the rollout's draw with its log
   density (:mod:`sb3_gmm.compiled_head`).
