@@ -794,16 +794,12 @@ def _torch_union_rule_entropy(params: MixtureParams, unit_nodes: th.Tensor, foll
     """:func:`union_rule_entropy` in torch ops, differentiated by autograd (the compiled kernel's reference; the path
     off the CPU). A batch whose ``[..., K (n + 2), K]`` node tensors exceed the memory budget is evaluated in chunks,
     each recomputed in the backward, as :func:`_torch_widened_mis` does."""
-    batch_shape = _batch_shape(params)
-    rows = _rows_in_budget(params.n_components, unit_nodes.numel() + 2, params.means)
-    if batch_shape.numel() <= rows:
-        return _union_rule_pass(params, unit_nodes, follow_nodes)
-    flat = [_flatten_batch(tensor, batch_shape, dims) for tensor, dims in zip(params, (1, 2, 2, 2))]
 
-    def chunk(*tensors: th.Tensor) -> th.Tensor:
+    def one_pass(*tensors: th.Tensor) -> th.Tensor:
         return _union_rule_pass(MixtureParams(*tensors), unit_nodes, follow_nodes)
 
-    return _checkpointed_chunks(chunk, flat, rows).view(batch_shape)
+    rows = _rows_in_budget(params.n_components, unit_nodes.numel() + 2, params.means)
+    return _in_checkpointed_chunks(one_pass, params, (1, 2, 2, 2), _batch_shape(params), rows)
 
 
 def _union_rule_pass(params: MixtureParams, unit_nodes: th.Tensor, follow_nodes: bool) -> th.Tensor:
@@ -881,14 +877,11 @@ def widened_mis_entropy(
 def _widened_mis_reference(params: MixtureParams, features: th.Tensor, point_weights: th.Tensor) -> th.Tensor:
     """:func:`widened_mis_entropy` in torch ops: the proposals by :func:`mis_widening`, then the pooled estimate."""
     proposal_log_stds = params.log_stds + mis_widening(params.log_stds).log()  # [..., K, D]
-    return _torch_widened_mis(*params, proposal_log_stds.exp(), proposal_log_stds, features, point_weights)
+    return _torch_widened_mis(params, proposal_log_stds.exp(), proposal_log_stds, features, point_weights)
 
 
 def _torch_widened_mis(
-    log_weights: th.Tensor,
-    means: th.Tensor,
-    stds: th.Tensor,
-    log_stds: th.Tensor,
+    params: MixtureParams,
     proposal_stds: th.Tensor,
     proposal_log_stds: th.Tensor,
     features: th.Tensor,
@@ -897,35 +890,37 @@ def _torch_widened_mis(
     """:func:`widened_mis_entropy` in torch ops, differentiated by autograd (the compiled kernel's reference; the path
     off the CPU). A batch whose ``[..., K, K, n]`` exponents exceed the memory budget is evaluated in chunks, each
     recomputed in the backward (activation checkpointing), so memory stays bounded at any batch size."""
-    params = MixtureParams(log_weights, means, stds, log_stds)
-    n_components, n_points = means.shape[-2], features.shape[-2]
-    batch_shape = _batch_shape(params)
-    rows = _rows_in_budget(n_components, n_points, means)
-    if batch_shape.numel() <= rows:
-        return _widened_mis_pass(params, proposal_stds, proposal_log_stds, features, point_weights)
-    flat = [
-        _flatten_batch(tensor, batch_shape, event_dims)
-        for tensor, event_dims in zip((*params, proposal_stds, proposal_log_stds), (1, 2, 2, 2, 2, 2))
-    ]
 
-    def chunk(*tensors: th.Tensor) -> th.Tensor:
+    def one_pass(*tensors: th.Tensor) -> th.Tensor:
         return _widened_mis_pass(MixtureParams(*tensors[:4]), tensors[4], tensors[5], features, point_weights)
 
-    return _checkpointed_chunks(chunk, flat, rows).view(batch_shape)
+    rows = _rows_in_budget(params.n_components, features.shape[-2], params.means)
+    inputs = (*params, proposal_stds, proposal_log_stds)
+    return _in_checkpointed_chunks(one_pass, inputs, (1, 2, 2, 2, 2, 2), _batch_shape(params), rows)
 
 
-def _checkpointed_chunks(function: Callable[..., th.Tensor], flat: Sequence[th.Tensor], rows: int) -> th.Tensor:
-    """``function`` over ``rows`` batch elements of the flattened inputs at a time, concatenated. Where a graph is
-    recorded each chunk is checkpointed (its intermediates recomputed in the backward), so the memory held between
+def _in_checkpointed_chunks(
+    function: Callable[..., th.Tensor],
+    tensors: Sequence[th.Tensor],
+    event_dims: Sequence[int],
+    batch_shape: th.Size,
+    rows: int,
+) -> th.Tensor:
+    """``function(*tensors)`` ``[*batch_shape]``, in one pass where the batch has at most ``rows`` elements, else over
+    ``rows`` elements of the flattened inputs (each with ``event_dims`` trailing dimensions) at a time. Where a graph
+    is recorded each chunk is checkpointed (its intermediates recomputed in the backward), so the memory held between
     forward and backward is the inputs', not every chunk's intermediates."""
+    if batch_shape.numel() <= rows:
+        return function(*tensors)
+    flat = [_flatten_batch(tensor, batch_shape, dims) for tensor, dims in zip(tensors, event_dims)]
     parts = []
-    for start in range(0, flat[0].shape[0], rows):
-        tensors = [tensor[start : start + rows] for tensor in flat]
-        if th.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors):
-            parts.append(th.utils.checkpoint.checkpoint(function, *tensors, use_reentrant=False))
+    for start in range(0, batch_shape.numel(), rows):
+        chunk = [tensor[start : start + rows] for tensor in flat]
+        if th.is_grad_enabled() and any(tensor.requires_grad for tensor in chunk):
+            parts.append(th.utils.checkpoint.checkpoint(function, *chunk, use_reentrant=False))
         else:
-            parts.append(function(*tensors))
-    return th.cat(parts)
+            parts.append(function(*chunk))
+    return th.cat(parts).view(batch_shape)
 
 
 def _rows_in_budget(n_components: int, n_points: int, means: th.Tensor) -> int:
