@@ -897,12 +897,12 @@ static void chain_to_head(const REAL *g_lw, const REAL *g_mu, const REAL *g_s, c
         }
 }
 
-int sb3_gmm_mis_entropy(int64_t n_batch, int64_t n_components, int64_t dim, int64_t n_points,
-                        const REAL *log_weights, const REAL *means, const REAL *stds, const REAL *log_stds,
-                        const REAL *proposal_stds, const REAL *proposal_log_stds, const int64_t *batch_strides,
-                        const REAL *points, const REAL *point_weights, REAL distance_cap, REAL *value,
-                        REAL *grad_log_weights, REAL *grad_means, REAL *grad_stds, REAL *grad_log_stds,
-                        REAL *grad_proposal_stds, REAL *grad_proposal_log_stds, int64_t grad_batch_stride);
+int sb3_gmm_widened_mis_entropy(int64_t n_batch, int64_t n_components, int64_t dim, int64_t n_points,
+                                const REAL *log_weights, const REAL *means, const REAL *stds, const REAL *log_stds,
+                                const int64_t *batch_strides, const REAL *points, const REAL *point_weights,
+                                REAL widening, REAL ratio, REAL sharpness, REAL soft_max, REAL distance_cap,
+                                REAL *value, REAL *grad_log_weights, REAL *grad_means, REAL *grad_stds,
+                                REAL *grad_log_stds, int64_t grad_batch_stride);
 
 /* The pooled rule's proposals for rows of log stds [rows, K, D] at row_stride (quadrature.mis_widening): log c =
  * log(1 + (widening - 1) sigmoid(u)), u = sharpness (softmax_D(ls) - ls - log ratio), the soft maximum over the
@@ -948,8 +948,8 @@ static void chain_proposals(int64_t K, int64_t D, const REAL *g_t, const REAL *g
 
 /*
  * log p(actions) [B] and (entropy not NULL) the entropy estimate [B]: with widening > 0 qmc's pooled rule
- * (sb3_gmm_mis_entropy; points [K, D, n] and their weights [n], the proposals widened here as mis_widening does, with
- * widening, ratio, sharpness and soft_max its constants); else with union_end > 0 and D = 1 qmc's union rule (points
+ * (sb3_gmm_widened_mis_entropy; points [K, D, n] and their weights [n], widening, ratio, sharpness and soft_max the
+ * constants of mis_widening); else with union_end > 0 and D = 1 qmc's union rule (points
  * the ascending unit nodes [n]); else the per-component rule (points as for sb3_gmm_quadrature_entropy). With
  * grad_log_prob not NULL their derivatives w.r.t. the head: rows of K + 2 K D (logits, means, raw log stds; with a
  * shared parameter the last K D are this element's part of its gradient, which the caller sums over the batch), at
@@ -967,16 +967,15 @@ int sb3_gmm_head_evaluate(int64_t n_batch, int64_t n_components, int64_t dim, co
     const int with_gradient = grad_log_prob != NULL;
     const int pooled = entropy != NULL && widening > 0;
     const int64_t std_rows = head_log_stds ? n_batch : 1; /* a shared parameter is bound once */
-    const int64_t lp_width = D + K + 3 * KD, ent_width = pooled ? K + 5 * KD : K * (2 + 2 * D);
-    int64_t size = n_batch * K + 3 * std_rows * KD + (pooled ? 4 * std_rows * KD + KD : 0);
+    /* The entropy's gradient per element: log weights, means, stds, log stds ([K, D] pooled, per component [K]
+     * otherwise, where they enter only through their sum over D). */
+    const int64_t lp_width = D + K + 3 * KD, ent_width = pooled ? K + 3 * KD : K * (2 + 2 * D);
+    int64_t size = n_batch * K + 3 * std_rows * KD;
     if (with_gradient) size += n_batch * (lp_width + (entropy != NULL ? ent_width : 0));
     REAL *work = (REAL *)malloc((size_t)size * sizeof(REAL));
     if (work == NULL) return 1;
     REAL *lw = work, *ls = lw + n_batch * K, *s = ls + std_rows * KD, *slope = s + std_rows * KD;
     REAL *lp_grad = slope + std_rows * KD, *ent_grad = lp_grad + (with_gradient ? n_batch * lp_width : 0);
-    REAL *lt = ent_grad + (with_gradient && entropy != NULL ? n_batch * ent_width : 0);
-    REAL *t = lt + (pooled ? std_rows * KD : 0), *a = t + (pooled ? std_rows * KD : 0);
-    REAL *pi = a + (pooled ? std_rows * KD : 0), *through = pi + (pooled ? std_rows * KD : 0);
     const int64_t std_stride =
         bind_batch(n_batch, K, D, head, head_stride, shared_log_std, low, high, margin, lw, ls, s, slope);
     const int64_t lp_strides[5] = {action_stride, K, head_stride, std_stride, std_stride};
@@ -987,14 +986,12 @@ int sb3_gmm_head_evaluate(int64_t n_batch, int64_t n_components, int64_t dim, co
     if (status == 0 && entropy != NULL) {
         const int64_t ent_strides[4] = {K, head_stride, std_stride, std_stride};
         REAL *e = with_gradient ? ent_grad : NULL;
-        if (pooled) {
-            widen_rows(std_rows, K, D, ls, KD, widening, log(ratio), sharpness, soft_max, lt, t, a, pi);
-            const int64_t mis_strides[6] = {K, head_stride, std_stride, std_stride, std_stride, std_stride};
-            status = sb3_gmm_mis_entropy(n_batch, K, D, n_points, lw, head + K, s, ls, t, lt, mis_strides, points,
-                                         point_weights, distance_cap, entropy, e, e ? e + K : NULL,
-                                         e ? e + K + KD : NULL, e ? e + K + 2 * KD : NULL, e ? e + K + 3 * KD : NULL,
-                                         e ? e + K + 4 * KD : NULL, ent_width);
-        } else if (union_end > 0) /* D = 1: qmc's union rule on the unit nodes `points` */
+        if (pooled)
+            status = sb3_gmm_widened_mis_entropy(n_batch, K, D, n_points, lw, head + K, s, ls, ent_strides, points,
+                                                 point_weights, widening, ratio, sharpness, soft_max, distance_cap,
+                                                 entropy, e, e ? e + K : NULL, e ? e + K + KD : NULL,
+                                                 e ? e + K + 2 * KD : NULL, ent_width);
+        else if (union_end > 0) /* D = 1: qmc's union rule on the unit nodes `points` */
             status = sb3_gmm_union_entropy_1d(n_batch, K, n_points, lw, head + K, s, ls, ent_strides, points, union_end,
                                               distance_cap, entropy, e, e ? e + K : NULL, e ? e + 2 * K : NULL,
                                               e ? e + 3 * K : NULL, ent_width);
@@ -1011,16 +1008,9 @@ int sb3_gmm_head_evaluate(int64_t n_batch, int64_t n_components, int64_t dim, co
             chain_to_head(lp + D, lp + D + K, lp + D + K + KD, lp + D + K + 2 * KD, 0, lw_b, s_b, slope_b, K, D,
                           grad_log_prob + b * grad_stride);
             if (entropy == NULL) continue;
-            REAL *ent = ent_grad + b * ent_width;
-            if (!pooled) {
-                chain_to_head(ent, ent + K, ent + K + KD, ent + K + 2 * KD, 1, lw_b, s_b, slope_b, K, D,
-                              grad_entropy + b * grad_stride);
-                continue;
-            }
-            REAL *g_ls = ent + K + 2 * KD;
-            chain_proposals(K, D, ent + K + 3 * KD, ent + K + 4 * KD, t + b * std_stride, a + b * std_stride,
-                            pi + b * std_stride, through, g_ls);
-            chain_to_head(ent, ent + K, ent + K + KD, g_ls, 0, lw_b, s_b, slope_b, K, D, grad_entropy + b * grad_stride);
+            const REAL *ent = ent_grad + b * ent_width;
+            chain_to_head(ent, ent + K, ent + K + KD, ent + K + 2 * KD, !pooled, lw_b, s_b, slope_b, K, D,
+                          grad_entropy + b * grad_stride);
         }
     free(work);
     return status;
